@@ -1,0 +1,33 @@
+"""transferlearn: transfer learning with pretrained CNNs in PyTorch, without the classic mistakes.
+
+Small composable functions (each changes a model in place and returns it) and a thin
+``Trainer`` built from them. See ``docs/`` for the guide.
+"""
+
+from .batchnorm import freeze_bn_running_stats, is_bn_frozen, unfreeze_bn_running_stats
+from .freezing import freeze_backbone, unfreeze
+from .groups import layer_groups
+from .heads import find_head, replace_head
+from .models import install_weights, load_model
+from .optim import param_groups
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "find_head",
+    "freeze_backbone",
+    "freeze_bn_running_stats",
+    "imagenet_transform",
+    "install_weights",
+    "is_bn_frozen",
+    "layer_groups",
+    "load_model",
+    "param_groups",
+    "replace_head",
+    "unfreeze",
+    "unfreeze_bn_running_stats",
+    "__version__",
+]

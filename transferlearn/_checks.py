@@ -1,0 +1,62 @@
+"""Argument checks shared by the public functions.
+
+Every message names the argument, what it got and what is accepted, so a user can fix the
+call without reading our source.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+__all__: list[str] = []
+
+
+def describe(value: Any) -> str:
+    """A short, readable description of ``value`` for error messages."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def check_module(name: str, value: Any) -> nn.Module:
+    """Raise ``TypeError`` unless ``value`` is an ``nn.Module``."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {describe(value)}")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
+    """Raise unless ``value`` is an ``int`` (not ``bool``) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
+                maximum: float | None = None) -> float:
+    """Raise unless ``value`` is a finite real number in the accepted range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    low_ok = value > minimum if strict else value >= minimum
+    high_ok = maximum is None or value <= maximum
+    if not math.isfinite(value) or not low_ok or not high_ok:
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        if maximum is not None:
+            bound += f" and <= {maximum}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_head_name(value: Any) -> str | None:
+    """Validate the ``head=`` option shared by most functions."""
+    if value is not None and not (isinstance(value, str) and value):
+        raise TypeError(
+            f"head must be None or a non-empty dotted module name such as 'fc', got {describe(value)}"
+        )
+    return value
