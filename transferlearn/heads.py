@@ -2,7 +2,8 @@
 
 The rule for finding the head (first match wins) is the one in DESIGN.md: an explicit
 ``head="dotted.name"``; timm's ``get_classifier()``; the torchvision architecture table;
-else the last ``nn.Linear`` in registration order.
+else the last ``nn.Linear`` (or ``IdentityHead`` left by ``replace_head(model, 0)``) in
+registration order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torchvision import models as tvm
 
 from ._checks import check_float, check_head_name, check_int, check_module, describe
 
-__all__ = ["DropoutHead", "find_head", "replace_head", "head_names"]
+__all__ = ["DropoutHead", "IdentityHead", "find_head", "replace_head", "head_names"]
 
 
 class DropoutHead(nn.Sequential):
@@ -22,6 +23,10 @@ class DropoutHead(nn.Sequential):
 
     A distinct class so that ``find_head`` returns the whole pair, not its inner layer.
     """
+
+
+class IdentityHead(nn.Identity):
+    """The ``nn.Identity`` that ``replace_head(model, 0)`` leaves, so ``find_head`` still finds it."""
 
 
 # Architecture table: torchvision class -> rule giving the head's dotted name.
@@ -69,7 +74,7 @@ def _from_table(model: nn.Module) -> str | None:
 def _last_linear(model: nn.Module) -> str | None:
     found = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name:
+        if isinstance(module, (nn.Linear, IdentityHead)) and name:
             found = name
     if found is None:
         return None
@@ -149,7 +154,7 @@ def _input_layer(module: nn.Module) -> nn.Module:
 
 def _new_layer(old: nn.Module, num_classes: int) -> nn.Module:
     if num_classes == 0:
-        return nn.Identity()
+        return IdentityHead()
     first = _input_layer(old)
     like = {"device": first.weight.device, "dtype": first.weight.dtype}
     if isinstance(first, nn.Linear):

@@ -69,7 +69,7 @@ def to_rgb(img: Any) -> Image.Image | torch.Tensor:
     if isinstance(img, np.ndarray):
         if img.ndim == 3 and img.shape[-1] in (1, 3) and img.shape[0] not in (1, 3):
             img = img.transpose(2, 0, 1)
-        return _tensor_rgb(torch.from_numpy(np.ascontiguousarray(img)))
+        return _tensor_rgb(torch.from_numpy(np.array(img)))  # a copy: the input may be read-only
     if isinstance(img, torch.Tensor):
         return _tensor_rgb(img)
     raise TypeError(f"image must be a PIL image, a torch.Tensor or a numpy array, got {describe(img)}")

@@ -1,0 +1,116 @@
+"""load_model / install_weights, and the real pretrained MobileNetV2 on real photos."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights
+
+from transferlearn import find_head, imagenet_transform, install_weights, load_model, replace_head
+from transferlearn.models import checkpoint_path
+
+CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty, private torch hub cache."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_random_init_with_new_head():
+    model = load_model("resnet18", weights=None, num_classes=4)
+    assert find_head(model)[1].out_features == 4
+
+
+def test_kwargs_reach_torchvision():
+    model = load_model("googlenet", weights=None, aux_logits=False, init_weights=False)
+    assert model.aux1 is None
+
+
+def test_missing_checkpoint_raises_instead_of_downloading(hub):
+    with pytest.raises(FileNotFoundError, match=r"weights ResNet18_Weights.IMAGENET1K_V1 are not in the torch "
+                                                r"hub cache .*install_weights\(file, ResNet18_Weights.IMAGENET1K_V1\)"):
+        load_model("resnet18", weights="IMAGENET1K_V1")
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    ({"arch": "resnet9000"}, ValueError, r"arch='resnet9000' is not a torchvision model"),
+    ({"arch": 18}, TypeError, r"arch must be a model name string, got 18 \(int\)"),
+    ({"arch": "resnet18", "weights": "IMAGENET9K"}, ValueError, r"weights='IMAGENET9K' is not one of resnet18's weights: \['DEFAULT', 'IMAGENET1K_V1'\]"),
+    ({"arch": "resnet18", "weights": 1}, TypeError, r"weights must be None, a WeightsEnum member or a name"),
+    ({"arch": "resnet18", "weights": None, "num_classes": -2}, ValueError, r"num_classes must be an int >= 0, got -2"),
+])
+def test_load_model_errors(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        load_model(**kwargs)
+
+
+def test_install_weights_checks_hash(hub, tmp_path):
+    fake = tmp_path / "resnet18.pth"
+    fake.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"has SHA-256 [0-9a-f]{16}\.\.\., but ResNet18_Weights.IMAGENET1K_V1 "
+                                         r"expects a hash starting with 'f37072fd'"):
+        install_weights(fake, ResNet18_Weights.IMAGENET1K_V1)
+    assert not checkpoint_path(ResNet18_Weights.IMAGENET1K_V1).exists()   # nothing half-written
+    assert not list(hub.rglob("*.tmp"))
+
+
+def test_install_weights_missing_file(hub, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"file='.*nope.pth' does not exist"):
+        install_weights(tmp_path / "nope.pth", "ResNet18_Weights.IMAGENET1K_V1")
+
+
+def test_install_weights_copies_under_torchvision_name(hub, mobilenet_weights, monkeypatch):
+    import os
+    real = os.path.join(os.environ["TORCH_HOME"], "hub", "checkpoints", "mobilenet_v2-b0353104.pth")
+    target = install_weights(real, mobilenet_weights)
+    assert target == hub / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    assert hashlib.sha256(target.read_bytes()).hexdigest().startswith("b0353104")
+    model = load_model("mobilenet_v2", weights="IMAGENET1K_V1")      # torchvision's own hash check passes
+    assert isinstance(model, nn.Module)
+
+
+def classify(model, weights, image) -> str:
+    x = imagenet_transform(weights=weights)(Image.fromarray(image)).unsqueeze(0)
+    with torch.inference_mode():
+        return weights.meta["categories"][model(x).argmax().item()]
+
+
+@pytest.mark.pretrained
+def test_pretrained_mobilenet_sees_a_cat_and_an_espresso(mobilenet_weights):
+    from skimage import data
+    model = load_model("mobilenet_v2", weights=mobilenet_weights).eval()
+    assert classify(model, mobilenet_weights, data.chelsea()) in CATS
+    assert classify(model, mobilenet_weights, data.coffee()) == "espresso"
+
+
+@pytest.mark.pretrained
+def test_pretrained_head_replacement_keeps_backbone_features(mobilenet_weights):
+    full = load_model("mobilenet_v2", weights=MobileNet_V2_Weights.IMAGENET1K_V1).eval()
+    feats = replace_head(load_model("mobilenet_v2", weights="IMAGENET1K_V1"), 0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(full.classifier(feats(x)), full(x))
+
+
+def test_timm_models_go_through_get_classifier():
+    pytest.importorskip("timm")
+    model = load_model("timm/resnet18", weights=None, num_classes=3)
+    assert find_head(model)[0] == "fc" and model.get_classifier().out_features == 3
+    assert model.num_classes == 3
+    replace_head(model, 0)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    vit = load_model("timm/vit_tiny_patch16_224", weights=None, num_classes=5)
+    assert find_head(vit)[0] == "head" and vit(torch.randn(1, 3, 224, 224)).shape == (1, 5)
+
+
+def test_timm_weights_option_is_checked():
+    pytest.importorskip("timm")
+    with pytest.raises(ValueError, match=r"for timm models weights must be None or 'DEFAULT', got 'IMAGENET1K_V1'"):
+        load_model("timm/resnet18", weights="IMAGENET1K_V1")

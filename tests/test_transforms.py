@@ -1,0 +1,152 @@
+"""imagenet_transform against torchvision's own presets; every PIL mode; properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, ViT_B_16_Weights
+from torchvision.transforms import InterpolationMode
+
+from transferlearn import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
+
+
+def photo(h: int = 300, w: int = 417, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(300, 417), (417, 300), (256, 256), (100, 90)])
+def test_eval_equals_resnet18_preset(shape):
+    img = photo(*shape)
+    ours = imagenet_transform()(img)
+    theirs = ResNet18_Weights.IMAGENET1K_V1.transforms()(img)
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_real_photo_equals_preset():
+    from skimage import data
+    img = Image.fromarray(data.chelsea())
+    diff = imagenet_transform()(img) - ResNet18_Weights.IMAGENET1K_V1.transforms()(img)
+    assert diff.abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("weights, size", [(ResNet50_Weights.IMAGENET1K_V2, 224),
+                                           (ViT_B_16_Weights.IMAGENET1K_V1, 224),
+                                           ("ResNet50_Weights.IMAGENET1K_V2", 224)])
+def test_weights_metadata_is_used(weights, size):
+    tf = imagenet_transform(weights=weights)
+    enum = weights if not isinstance(weights, str) else ResNet50_Weights.IMAGENET1K_V2
+    preset = enum.transforms()
+    assert (tf.resize, tf.size) == (preset.resize_size[0], preset.crop_size[0])
+    img = photo()
+    assert (tf(img) - preset(img)).abs().max() <= 1e-4
+
+
+def test_resnet50_v2_uses_232_and_explicit_arguments_win():
+    assert imagenet_transform(weights=ResNet50_Weights.IMAGENET1K_V2).resize == 232
+    tf = imagenet_transform(weights=ResNet50_Weights.IMAGENET1K_V2, size=64, resize=72,
+                            interpolation=InterpolationMode.BICUBIC)
+    assert (tf.size, tf.resize, tf.interpolation) == (64, 72, InterpolationMode.BICUBIC)
+
+
+def test_resize_acts_on_the_shorter_side():
+    tf = imagenet_transform(size=50, resize=50)
+    wide = Image.new("RGB", (200, 100), "white")
+    wide.paste((0, 0, 0), (0, 0, 40, 100))             # black only at the far left
+    out = tf(wide)                                      # 100x50 after resize, crop keeps the middle
+    ref = tf(Image.new("RGB", (200, 100), "white"))
+    assert torch.equal(out, ref)
+
+
+MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_pil_mode_gives_three_finite_channels(mode):
+    img = photo(40, 30)
+    if mode == "I;16":
+        img = Image.fromarray(np.random.default_rng(0).integers(0, 65536, (40, 30)).astype(np.uint16))
+    elif mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE)
+        img.info["transparency"] = 0
+    else:
+        img = img.convert(mode)
+    assert img.mode == mode
+    out = imagenet_transform(size=24, resize=28)(img)
+    assert out.shape == (3, 24, 24) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_grayscale_becomes_three_equal_channels_before_normalising():
+    img = photo(40, 40).convert("L")
+    out = imagenet_transform(size=32, resize=32)(img)
+    raw = out * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    torch.testing.assert_close(raw[0], raw[1])
+    torch.testing.assert_close(raw[1], raw[2])
+
+
+def test_sixteen_bit_uses_the_full_range():
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    out = imagenet_transform(size=64, resize=64, mean=(0, 0, 0), std=(1, 1, 1))(Image.fromarray(ramp))
+    assert out.min() < 0.05 and out.max() > 0.95          # not clipped to white
+
+
+@pytest.mark.parametrize("tensor", [torch.rand(1, 40, 30), torch.rand(3, 40, 30), torch.rand(40, 30),
+                                    torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)])
+def test_tensors_with_one_or_three_channels(tensor):
+    out = imagenet_transform(size=24, resize=28)(tensor)
+    assert out.shape == (3, 24, 24) and torch.isfinite(out).all()
+
+
+def test_uint8_tensor_matches_pil_path_closely():
+    img = photo(64, 80)
+    from_tensor = imagenet_transform(size=32, resize=40)(torch.from_numpy(np.array(img)).permute(2, 0, 1))
+    from_pil = imagenet_transform(size=32, resize=40)(img)
+    assert (from_tensor - from_pil).abs().mean() < 0.05   # two resamplers, same picture
+
+
+def test_numpy_arrays_are_accepted():
+    arr = np.asarray(photo(40, 30))
+    assert imagenet_transform(size=16, resize=20)(arr).shape == (3, 16, 16)
+
+
+def test_train_transform_is_reproducible_under_manual_seed():
+    tf = imagenet_transform(train=True, size=32)
+    img = photo()
+    torch.manual_seed(3)
+    a = tf(img)
+    torch.manual_seed(3)
+    b = tf(img)
+    torch.manual_seed(4)
+    c = tf(img)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (3, 32, 32)
+    assert not tf.deterministic and imagenet_transform().deterministic
+
+
+@given(h=st.integers(1, 64), w=st.integers(1, 64), size=st.integers(1, 48),
+       train=st.booleans(), gray=st.booleans())
+def test_output_shape_for_any_size_and_aspect(h, w, size, train, gray):
+    img = photo(h, w)
+    img = img.convert("L") if gray else img
+    out = imagenet_transform(train, size=size, resize=size + 8)(img)
+    assert out.shape == (3, size, size) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda: imagenet_transform("yes"), TypeError, r"train must be a bool, got 'yes' \(str\)"),
+    (lambda: imagenet_transform(size=0), ValueError, r"size must be an int >= 1, got 0"),
+    (lambda: imagenet_transform(resize=2.5), TypeError, r"resize must be an int >= 1, got 2.5"),
+    (lambda: imagenet_transform(mean=(0.5, 0.5)), ValueError, r"mean must be 3 per-channel numbers"),
+    (lambda: imagenet_transform(std=(1, 0, 1)), ValueError, r"std must be 3 per-channel numbers > 0"),
+    (lambda: imagenet_transform(weights="Nope.X"), ValueError, r"weights='Nope.X' is not a torchvision weights name"),
+    (lambda: imagenet_transform(weights=3), TypeError, r"weights must be None, a torchvision WeightsEnum member"),
+    (lambda: imagenet_transform(interpolation="bilinear"), TypeError, r"interpolation must be a torchvision InterpolationMode"),
+    (lambda: imagenet_transform()(torch.rand(4, 8, 8)), ValueError, r"image tensor must have shape .* got \(4, 8, 8\)"),
+    (lambda: imagenet_transform()("cat.png"), TypeError, r"image must be a PIL image, a torch.Tensor or a numpy array, got 'cat.png'"),
+])
+def test_errors(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
