@@ -57,7 +57,14 @@ for _cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm):
 
 
 def is_bn_frozen(module: nn.Module) -> bool:
-    """True when ``module`` is a BatchNorm layer whose running statistics are pinned."""
+    """Tell whether ``module`` is a BatchNorm layer pinned by ``freeze_bn_running_stats``.
+
+    Args:
+        module: any module.
+
+    Returns:
+        True for a pinned BatchNorm layer, False otherwise (containers included).
+    """
     return isinstance(module, _FrozenStats)
 
 
