@@ -5,11 +5,15 @@ Small composable functions (each changes a model in place and returns it) and a 
 """
 
 from .batchnorm import freeze_bn_running_stats, is_bn_frozen, unfreeze_bn_running_stats
+from .features import extract_features
 from .freezing import freeze_backbone, unfreeze
 from .groups import layer_groups
 from .heads import find_head, replace_head
+from .history import History, plot_history
 from .models import install_weights, load_model
 from .optim import param_groups
+from .strategy import Strategy, recommend_strategy
+from .trainer import Trainer
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 
 __version__ = "0.1.0"
@@ -17,6 +21,10 @@ __version__ = "0.1.0"
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "History",
+    "Strategy",
+    "Trainer",
+    "extract_features",
     "find_head",
     "freeze_backbone",
     "freeze_bn_running_stats",
@@ -26,6 +34,8 @@ __all__ = [
     "layer_groups",
     "load_model",
     "param_groups",
+    "plot_history",
+    "recommend_strategy",
     "replace_head",
     "unfreeze",
     "unfreeze_bn_running_stats",

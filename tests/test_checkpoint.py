@@ -1,0 +1,113 @@
+"""Checkpoints: atomic, weights_only, and a resumed run equal to an uninterrupted one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from transferlearn import History, Trainer
+from transferlearn.checkpoint import LAST, load_checkpoint, save_checkpoint
+
+from .test_trainer import model, separable
+
+
+class Interrupt(Exception):
+    pass
+
+
+def run(tmp_path, *, stop_after=None, resume=False, cache="auto", generator=False):
+    """Train 3 warm-up + 3 fine-tune epochs; optionally crash after ``stop_after`` epochs."""
+    m = model(seed=1)
+    g = torch.Generator().manual_seed(5) if generator else None
+    train = DataLoader(separable(64), batch_size=16, shuffle=True, generator=g)
+    val = DataLoader(separable(32, seed=9), batch_size=16)
+    trainer = Trainer(m, seed=3, progress=False, checkpoint_dir=tmp_path)
+    if stop_after is not None:
+        original = trainer._save
+
+        def save_then_maybe_crash(epoch, *args):
+            original(epoch, *args)
+            if epoch == stop_after:
+                raise Interrupt
+        trainer._save = save_then_maybe_crash
+    history = trainer.fit(train, val, warmup_epochs=3, finetune_epochs=3, head_lr=1e-2,
+                          cache_features=cache, resume=resume)
+    return m, history
+
+
+@pytest.mark.parametrize("stop_after", [2, 3, 4])
+@pytest.mark.parametrize("cache", ["auto", False])
+def test_resume_ends_with_the_uninterrupted_weights(tmp_path, stop_after, cache):
+    full_model, full_history = run(tmp_path / "full", cache=cache)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "cut", stop_after=stop_after, cache=cache)
+    state = load_checkpoint(tmp_path / "cut" / LAST)
+    assert state["epoch"] == stop_after and state["phase"] == ("warmup" if stop_after <= 3 else "finetune")
+    resumed_model, resumed_history = run(tmp_path / "cut", resume=True, cache=cache)
+    full, resumed = full_model.state_dict(), resumed_model.state_dict()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert [r["epoch"] for r in resumed_history] == [1, 2, 3, 4, 5, 6]
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed_history) == strip(full_history)
+
+
+def test_resume_with_a_loader_generator(tmp_path):
+    full_model, _ = run(tmp_path / "full", generator=True)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "cut", stop_after=4, generator=True)
+    resumed_model, _ = run(tmp_path / "cut", resume=True, generator=True)
+    assert all(torch.equal(a, b) for a, b in zip(full_model.state_dict().values(),
+                                                 resumed_model.state_dict().values()))
+
+
+def test_resume_true_without_checkpoint_starts_fresh(tmp_path):
+    _, history = run(tmp_path, resume=True)
+    assert len(history) == 6 and (tmp_path / LAST).is_file()
+
+
+def test_finished_run_resumes_to_nothing_to_do(tmp_path):
+    _, first = run(tmp_path)
+    _, again = run(tmp_path, resume=True)
+    assert len(again) == 6 and [r["train_loss"] for r in again] == [r["train_loss"] for r in first]
+
+
+def test_existing_checkpoint_is_never_overwritten_silently(tmp_path):
+    run(tmp_path)
+    before = (tmp_path / LAST).read_bytes()
+    with pytest.raises(ValueError, match=r"checkpoint_dir already holds '.*last.pt' from an earlier run"):
+        run(tmp_path)
+    assert (tmp_path / LAST).read_bytes() == before
+
+
+def test_checkpoint_contents_load_weights_only(tmp_path):
+    run(tmp_path)
+    state = torch.load(tmp_path / LAST, weights_only=True)
+    assert {"model", "optimizer", "scaler", "epoch", "phase", "history", "rng"} <= set(state)
+    assert len(History(state["history"])) == 6 and "loader" not in state["rng"]
+
+
+def test_plan_mismatch_is_reported(tmp_path):
+    run(tmp_path)
+    m = model()
+    train = DataLoader(separable(64), batch_size=16)
+    with pytest.raises(ValueError, match=r"ended epoch 6 in phase 'finetune', which does not fit this run's plan "
+                                         r"of 6 warm-up and 0 fine-tune epochs"):
+        Trainer(m, progress=False, checkpoint_dir=tmp_path).fit(train, warmup_epochs=6, finetune_epochs=0,
+                                                                resume=True)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    target = save_checkpoint(tmp_path / "c.pt", {"a": torch.ones(2)})
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(target, {"a": torch.zeros(2)})
+    assert torch.equal(load_checkpoint(target)["a"], torch.ones(2))     # the old one intact
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]              # no temporary left
+
+
+def test_load_missing_checkpoint():
+    with pytest.raises(FileNotFoundError, match="checkpoint 'missing.pt' does not exist"):
+        load_checkpoint("missing.pt")

@@ -1,0 +1,81 @@
+"""extract_features and the determinism check behind the Trainer's feature cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
+from torchvision import transforms as T
+from torchvision.datasets import FakeData
+from torchvision.models import ResNet18_Weights
+
+from transferlearn import extract_features, imagenet_transform, replace_head
+from transferlearn.features import cached_batches, is_deterministic
+
+from .conftest import TinyNet
+
+
+def test_features_are_what_the_head_receives():
+    torch.manual_seed(0)
+    m = TinyNet()
+    x, y = torch.randn(10, 3, 8, 8), torch.arange(10)
+    m.train()
+    feats = extract_features(m, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert m.training                                       # mode restored
+    expected = replace_head(TinyNet(), 0)
+    expected.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("fc")})
+    torch.testing.assert_close(feats.tensors[0], expected.eval()(x))
+    assert torch.equal(feats.tensors[1], y)
+
+
+def test_unlabelled_loader_gives_features_only():
+    feats = extract_features(TinyNet(), DataLoader(torch.randn(5, 3, 8, 8), batch_size=2))
+    assert len(feats.tensors) == 1 and feats.tensors[0].shape == (5, 8)
+
+
+def test_errors():
+    with pytest.raises(TypeError, match=r"loader must be an iterable of batches \(a DataLoader\), got 3"):
+        extract_features(TinyNet(), 3)
+    with pytest.raises(ValueError, match="loader yielded no batches"):
+        extract_features(TinyNet(), [])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        extract_features("model", [])
+
+
+def fake(transform):
+    return FakeData(size=4, image_size=(3, 16, 16), transform=transform)
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    (TensorDataset(torch.zeros(2)), True),
+    (fake(imagenet_transform(size=8, resize=8)), True),
+    (fake(imagenet_transform(True, size=8)), False),
+    (fake(T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor(), T.Normalize([0.5] * 3, [0.2] * 3)])), True),
+    (fake(T.Compose([T.RandomCrop(8), T.ToTensor()])), False),
+    (fake(ResNet18_Weights.IMAGENET1K_V1.transforms()), True),
+    (fake(T.Lambda(lambda x: x)), False),
+    (Subset(fake(T.ToTensor()), [0, 1]), True),
+    (ConcatDataset([fake(T.ToTensor()), fake(T.RandomHorizontalFlip())]), False),
+    (list(range(3)), False),
+])
+def test_is_deterministic(dataset, expected):
+    assert is_deterministic(dataset) is expected
+
+
+@pytest.mark.parametrize("shuffle, drop_last, sizes", [(False, False, [4, 4, 2]), (True, True, [4, 4])])
+def test_cached_batches_follow_the_loader(shuffle, drop_last, sizes):
+    data = TensorDataset(torch.arange(10.0), torch.arange(10))
+    like = DataLoader(data, batch_size=4, shuffle=shuffle, drop_last=drop_last)
+    batches = list(cached_batches(data, like))
+    assert [len(b[0]) for b in batches] == sizes
+    seen = torch.cat([b[1] for b in batches])
+    assert torch.equal(seen.sort().values, torch.arange(sum(sizes))) if not shuffle else len(set(seen.tolist())) == 8
+    assert all(torch.equal(b[0].long(), b[1]) for b in batches)        # features stay with labels
+
+
+def test_dropout_between_backbone_and_head_is_inactive_on_cached_features():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Dropout(0.9), nn.Linear(4, 2))
+    x = torch.ones(3, 4)
+    feats = extract_features(m, DataLoader(TensorDataset(x, torch.zeros(3)), batch_size=3))
+    torch.testing.assert_close(feats.tensors[0], m[1](x).detach())

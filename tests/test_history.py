@@ -1,0 +1,68 @@
+"""History: a sequence of JSON-able records with JSON / CSV round trips and a plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from transferlearn import History, Trainer, plot_history
+
+from .test_trainer import model, separable
+
+
+@pytest.fixture(scope="module")
+def history() -> History:
+    train, val = DataLoader(separable(32), batch_size=16), DataLoader(separable(16, 3), batch_size=8)
+    return Trainer(model(), progress=False).fit(train, val, warmup_epochs=1, finetune_epochs=2)
+
+
+def test_records_have_the_documented_fields(history):
+    assert len(history) == 3 and history[0]["epoch"] == 1 and history[-1]["phase"] == "finetune"
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert set(history[0]) == {"epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                               "lr", "seconds"}
+    json.dumps(history.records())                    # plain values only
+    assert isinstance(history[1:], list) and repr(history) == "History(3 epochs)"
+
+
+def test_json_round_trip(history, tmp_path):
+    assert History.from_json(history.to_json()) == history
+    history.to_json(tmp_path / "h.json")
+    assert History.from_json(tmp_path / "h.json") == history
+
+
+def test_csv_round_trip(history, tmp_path):
+    text = history.to_csv(tmp_path / "h.csv")
+    assert text.splitlines()[0].startswith("epoch,phase,train_loss")
+    assert "lr:backbone" in text.splitlines()[0]
+    for source in (text, tmp_path / "h.csv"):
+        back = History.from_csv(source)
+        assert back == history
+
+
+record = st.fixed_dictionaries({
+    "epoch": st.integers(1, 100), "phase": st.sampled_from(["warmup", "finetune"]),
+    "train_loss": st.floats(0, 10), "train_accuracy": st.one_of(st.none(), st.floats(0, 1)),
+    "lr": st.dictionaries(st.sampled_from(["fc", "backbone", "layer4.1"]), st.floats(1e-6, 1.0)),
+    "seconds": st.floats(0, 1e4)})
+
+
+@given(st.lists(record, max_size=5))
+def test_round_trips_for_any_records(records):
+    h = History(records)
+    assert History.from_json(h.to_json()) == h
+    assert History.from_csv(h.to_csv()) == h if records else True
+
+
+def test_plot_history_writes_a_png(history, tmp_path):
+    path = plot_history(history, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_empty_history_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="history is empty: nothing to plot"):
+        plot_history(History(), tmp_path / "x.png")

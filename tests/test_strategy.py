@@ -1,0 +1,81 @@
+"""recommend_strategy: every row of the decision table, and fit(strategy=...) applying it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from transferlearn import Strategy, Trainer, recommend_strategy
+
+from .test_trainer import model, separable
+
+
+@pytest.mark.parametrize("n, kwargs, kind, backbone_lr, unfreeze, freeze_bn, augment", [
+    (50, {}, "feature_extraction", None, 0, True, False),          # < 100 per class
+    (500, {}, "feature_extraction", None, 0, True, False),         # 100 - 1000
+    (1000, {}, "feature_extraction", None, 0, True, False),        # boundary: <= 1000
+    (1001, {}, "fine_tune_last", 1e-4, 2, True, False),            # 1000 - 10000
+    (10000, {}, "fine_tune_last", 1e-4, 2, True, False),
+    (10001, {}, "fine_tune_all", 1e-4, None, True, False),         # > 10000
+    (20, {"similar_domain": False}, "fine_tune_all", (1e-5, 1e-4), None, "early", True),
+    (50000, {"similar_domain": False}, "fine_tune_all", (1e-5, 1e-4), None, "early", True),
+    (5000, {"similar_domain": False, "total_images": 999_999}, "fine_tune_all", (1e-5, 1e-4), None, "early", True),
+    (5000, {"similar_domain": False, "total_images": 2_000_000}, "from_scratch", 1e-3, None, False, True),
+    (5000, {"similar_domain": True, "total_images": 2_000_000}, "fine_tune_last", 1e-4, 2, True, False),
+])
+def test_table_rows(n, kwargs, kind, backbone_lr, unfreeze, freeze_bn, augment):
+    s = recommend_strategy(n, **kwargs)
+    assert (s.kind, s.backbone_lr, s.unfreeze, s.freeze_bn, s.augment) == (kind, backbone_lr, unfreeze, freeze_bn, augment)
+    assert s.head_lr == 1e-3 and s.reason
+    assert s.pretrained == (kind != "from_scratch")
+    if kind == "feature_extraction":
+        assert s.finetune_epochs == 0 and s.warmup_epochs > 0
+    elif kind == "from_scratch":
+        assert s.warmup_epochs == 0
+    else:
+        assert s.warmup_epochs > 0 and s.finetune_epochs > 0
+
+
+def test_strategy_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recommend_strategy(10).kind = "x"
+
+
+@given(n=st.integers(1, 10**7), similar=st.booleans())
+def test_every_size_gets_a_valid_strategy(n, similar):
+    s = recommend_strategy(n, similar_domain=similar)
+    assert s.kind in {"feature_extraction", "fine_tune_last", "fine_tune_all"}
+    assert s.warmup_epochs + s.finetune_epochs > 0
+
+
+@pytest.mark.parametrize("args, kwargs, exc, pattern", [
+    ((0,), {}, ValueError, r"images_per_class must be an int >= 1, got 0"),
+    ((-5,), {}, ValueError, r"images_per_class must be an int >= 1, got -5"),
+    ((10.5,), {}, TypeError, r"images_per_class must be an int >= 1, got 10.5 \(float\)"),
+    ((10,), {"similar_domain": "no"}, TypeError, r"similar_domain must be a bool, got 'no'"),
+    ((10,), {"total_images": 5}, ValueError, r"total_images must be >= images_per_class, got total_images=5"),
+])
+def test_errors(args, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        recommend_strategy(*args, **kwargs)
+
+
+def test_fit_applies_the_strategy_and_explicit_arguments_win():
+    train = DataLoader(separable(32), batch_size=16)
+    s = recommend_strategy(100)                     # feature extraction: 5 warm-up, 0 fine-tune
+    h = Trainer(model(), progress=False).fit(train, strategy=s)
+    assert [r["phase"] for r in h] == ["warmup"] * 5 and h[0]["lr"] == {"fc": 1e-3}
+    h = Trainer(model(), progress=False).fit(train, strategy=s, warmup_epochs=1, finetune_epochs=1,
+                                             head_lr=1e-2)
+    assert [r["phase"] for r in h] == ["warmup", "finetune"] and h[0]["lr"] == {"fc": 1e-2}
+    assert set(h[1]["lr"]) == {"fc"}               # the strategy's unfreeze=0 still applies
+
+
+def test_fit_kwargs_cover_the_training_settings():
+    s = Strategy("fine_tune_all", 1, 2, 1e-3, (1e-5, 1e-4), None, "early", True, True, "test")
+    assert s.fit_kwargs() == {"warmup_epochs": 1, "finetune_epochs": 2, "head_lr": 1e-3,
+                              "backbone_lr": (1e-5, 1e-4), "unfreeze": None, "freeze_bn": "early"}

@@ -1,0 +1,122 @@
+"""Judge a model: always in eval mode, under inference_mode, every sample counted once."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from ._checks import check_int, check_module, describe
+from ._runtime import Precision
+from .features import _inputs_targets
+
+__all__ = ["evaluate", "predict"]
+
+
+def _split_outputs(out: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Main logits and auxiliary logits (inception/googlenet in train mode)."""
+    if isinstance(out, tuple) and hasattr(out, "logits"):
+        aux = [v for k, v in out._asdict().items() if k != "logits" and v is not None]
+        return out.logits, aux
+    return out, []
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """Right answers in a batch, or None when targets are not class indices."""
+    if targets.ndim != 1 or targets.is_floating_point() or logits.ndim != 2:
+        return None
+    return int((logits.argmax(1) == targets).sum())
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _eval_batches(model: nn.Module, loader: Any, device: torch.device,
+                  precision: Precision | None) -> Iterator[tuple[torch.Tensor, Any]]:
+    """``(logits, targets)`` per batch in eval mode; every module's mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    cast = precision or Precision(False, device)
+    try:
+        model.eval()
+        with torch.inference_mode(), cast.autocast():
+            for batch in loader:
+                inputs, targets = _inputs_targets(batch)
+                logits, _ = _split_outputs(model(inputs.to(device)))
+                yield logits.float(), targets
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None,
+             device: Any = None, precision: Precision | None = None) -> dict[str, float | None]:
+    """Mean loss and accuracy of ``model`` over every sample of ``loader``.
+
+    Runs in eval mode (Dropout off, BatchNorm on running statistics) under
+    ``torch.inference_mode()``, and puts every module back in the mode it had. The last,
+    partial batch counts like any other; two calls give the same numbers.
+
+    Args:
+        model: the network.
+        loader: yields ``(inputs, targets)`` batches.
+        criterion: the loss (default ``nn.CrossEntropyLoss()``), assumed to average a batch.
+        device: where to run (default: the model's device).
+        precision: autocast settings (the Trainer passes its own).
+
+    Returns:
+        ``{"loss": float, "accuracy": float or None}`` (None when targets are not class indices).
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: the loader is empty or yields no targets.
+    """
+    check_module("model", model)
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+    device = torch.device(device) if device is not None else _device_of(model)
+    loss_sum, correct, count = 0.0, 0, 0
+    for logits, targets in _eval_batches(model, loader, device, precision):
+        if targets is None:
+            raise ValueError("evaluate needs a loader of (inputs, targets) batches")
+        targets = torch.as_tensor(targets).to(device)
+        loss_sum += float(criterion(logits, targets)) * len(targets)
+        hits = _correct(logits, targets)
+        correct = None if hits is None or correct is None else correct + hits
+        count += len(targets)
+    if count == 0:
+        raise ValueError("loader yielded no batches: nothing to evaluate")
+    return {"loss": loss_sum / count, "accuracy": None if correct is None else correct / count}
+
+
+def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any = None,
+            precision: Precision | None = None) -> torch.Tensor:
+    """Class probabilities (softmax over dim 1) in eval mode, returned on the CPU.
+
+    Args:
+        model: the network.
+        data: images shaped (N, C, H, W) or one (C, H, W), or a loader (labels ignored).
+        batch_size: chunk size for a tensor input.
+        device: where to run (default: the model's device).
+        precision: autocast settings (the Trainer passes its own).
+
+    Returns:
+        A float tensor (N, num_classes).
+
+    Raises:
+        TypeError: ``data`` is neither a tensor nor iterable.
+        ValueError: a tensor of the wrong rank, or ``batch_size < 1``.
+    """
+    check_module("model", model)
+    device = torch.device(device) if device is not None else _device_of(model)
+    if isinstance(data, torch.Tensor):
+        if data.ndim == 3:
+            data = data.unsqueeze(0)
+        if data.ndim != 4:
+            raise ValueError(f"data must be images shaped (N, C, H, W) or (C, H, W), got {tuple(data.shape)}")
+        check_int("batch_size", batch_size, minimum=1)
+        data = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
+    elif not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a tensor or an iterable of batches, got {describe(data)}")
+    probs = [logits.softmax(1).cpu() for logits, _ in _eval_batches(model, data, device, precision)]
+    return torch.cat(probs) if probs else torch.empty(0)

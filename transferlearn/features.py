@@ -1,0 +1,137 @@
+"""Run a frozen backbone once and keep its features: every later head-only epoch is cheap."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from torchvision import transforms as T
+from torchvision.transforms import _presets
+
+from ._checks import check_module, describe
+from .heads import find_head
+from .transforms import ImagePreprocess
+
+__all__ = ["extract_features", "is_deterministic", "cached_batches"]
+
+# Transforms whose output depends only on their input (no random numbers drawn).
+_DETERMINISTIC = (T.Resize, T.CenterCrop, T.ToTensor, T.PILToTensor, T.ConvertImageDtype,
+                  T.Normalize, T.Grayscale, _presets.ImageClassification)
+try:
+    from torchvision.transforms import v2 as _v2
+    _DETERMINISTIC += (_v2.Resize, _v2.CenterCrop, _v2.ToImage, _v2.ToDtype, _v2.Normalize,
+                       _v2.Grayscale, _v2.ToPureTensor)
+    _COMPOSES: tuple[type, ...] = (T.Compose, _v2.Compose)
+except ImportError:  # torchvision without transforms.v2
+    _COMPOSES = (T.Compose,)
+
+
+def _transform_ok(transform: Any) -> bool:
+    if transform is None:
+        return True
+    if isinstance(transform, ImagePreprocess):
+        return transform.deterministic
+    if isinstance(transform, _COMPOSES):
+        return all(_transform_ok(t) for t in transform.transforms)
+    return isinstance(transform, _DETERMINISTIC)
+
+
+def is_deterministic(dataset: Dataset) -> bool:
+    """True when every item of ``dataset`` is the same each time it is read.
+
+    Known to be: ``TensorDataset``; datasets whose ``transform`` (and ``target_transform``)
+    is ``None``, an eval ``imagenet_transform`` or a composition of torchvision's
+    deterministic transforms (Resize, CenterCrop, ToTensor, Normalize, ...); ``Subset`` and
+    ``ConcatDataset`` of those. Anything else is assumed random.
+    """
+    if isinstance(dataset, TensorDataset):
+        return True
+    if isinstance(dataset, Subset):
+        return is_deterministic(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return all(is_deterministic(d) for d in dataset.datasets)
+    if not hasattr(dataset, "transform"):
+        return False
+    if getattr(dataset, "transforms", None) is not None and not hasattr(dataset.transforms, "transform"):
+        return False  # a joint (image, target) transform we cannot inspect
+    return _transform_ok(dataset.transform) and _transform_ok(getattr(dataset, "target_transform", None))
+
+
+def _inputs_targets(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None = None,
+                     device: torch.device | str | None = None) -> TensorDataset:
+    """Run the model once over ``loader`` and return what its head receives, with labels.
+
+    The model runs in eval mode under ``torch.inference_mode()`` (its previous modes are
+    restored afterwards); a forward pre-hook on the head captures the head's input, so this
+    works on any architecture. Layers between the backbone and the head (e.g. MobileNet's
+    ``Dropout`` in ``classifier.0``) act as in eval mode, i.e. not at all for Dropout; put
+    dropout inside the head with ``replace_head(dropout=p)`` if you want it while training
+    on features.
+
+    Args:
+        model: the network (typically with a frozen backbone).
+        loader: yields ``(inputs, labels)`` batches (or inputs alone).
+        head: explicit dotted name of the head (see ``find_head``).
+        device: where to run; default: the device of the model's first parameter.
+
+    Returns:
+        ``TensorDataset(features, labels)`` on the CPU, in the loader's order (labels
+        omitted when the loader yields none).
+
+    Raises:
+        TypeError: ``model`` is not a module or ``loader`` is not iterable.
+        ValueError: no head can be found or the loader is empty.
+
+    Example:
+        >>> feats = extract_features(model, DataLoader(test_set, batch_size=64))
+        >>> head_loader = DataLoader(feats, batch_size=64, shuffle=True)
+    """
+    check_module("model", model)
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {describe(loader)}")
+    _, head_module = find_head(model, head=head)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    captured: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    hook = head_module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for batch in loader:
+                inputs, targets = _inputs_targets(batch)
+                model(inputs.to(device))
+                if targets is not None:
+                    labels.append(torch.as_tensor(targets).cpu())
+    finally:
+        hook.remove()
+        for m, mode in modes:
+            m.training = mode
+    if not captured:
+        raise ValueError("loader yielded no batches: nothing to extract")
+    features = torch.cat(captured)
+    return TensorDataset(features, torch.cat(labels)) if labels else TensorDataset(features)
+
+
+def cached_batches(features: TensorDataset, like: DataLoader) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches of cached features shaped like ``like`` would give: its batch size,
+    ``drop_last`` and shuffling (drawn from its generator, else the global torch RNG)."""
+    n = len(features)
+    batch_size = like.batch_size or n
+    if isinstance(like.sampler, RandomSampler):
+        order = torch.randperm(n, generator=like.generator or getattr(like.sampler, "generator", None))
+    else:
+        order = torch.arange(n)
+    stop = n - n % batch_size if like.drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield tuple(t[idx] for t in features.tensors)

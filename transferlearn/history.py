@@ -1,0 +1,164 @@
+"""Per-epoch training records: a read-only sequence with JSON / CSV round trips and a plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Iterator, overload
+
+__all__ = ["History", "plot_history"]
+
+_LR = "lr:"
+
+
+class History(Sequence):
+    """One plain-dict record per epoch: ``epoch``, ``phase``, ``train_loss``,
+    ``train_accuracy``, ``val_loss``, ``val_accuracy`` (when validating), ``lr`` (a dict of
+    group name -> learning rate) and ``seconds``. Every value is JSON-able.
+    """
+
+    def __init__(self, records: list[dict[str, Any]] | None = None) -> None:
+        self._records: list[dict[str, Any]] = [dict(r) for r in records or []]
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one epoch's record (the Trainer calls this)."""
+        self._records.append(dict(record))
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index):
+        return self._records[index]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._records)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, History) and other._records == self._records
+
+    def __repr__(self) -> str:
+        return f"History({len(self)} epochs)"
+
+    def records(self) -> list[dict[str, Any]]:
+        """A copy of the records as a list of dicts."""
+        return [dict(r) for r in self._records]
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The records as a JSON list; also written to ``path`` when given."""
+        text = json.dumps(self._records, indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | os.PathLike) -> "History":
+        """Read what ``to_json`` wrote: a JSON string or a path to a file."""
+        text = str(source)
+        if not text.lstrip().startswith("["):
+            text = Path(source).read_text()
+        return cls(json.loads(text))
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """The records as CSV, one row per epoch; learning rates as ``lr:<group>`` columns."""
+        rows = [_flatten(r) for r in self._records]
+        fields: list[str] = []
+        for row in rows:
+            fields += [k for k in row if k not in fields]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        if path is not None:
+            Path(path).write_text(out.getvalue())
+        return out.getvalue()
+
+    @classmethod
+    def from_csv(cls, source: str | os.PathLike) -> "History":
+        """Read what ``to_csv`` wrote: CSV text or a path to a file."""
+        text = str(source)
+        if "\n" not in text:
+            text = Path(source).read_text()
+        return cls([_unflatten(row) for row in csv.DictReader(io.StringIO(text))])
+
+
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in record.items() if k != "lr"}
+    flat.update({_LR + name: lr for name, lr in record.get("lr", {}).items()})
+    return flat
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _unflatten(row: dict[str, str]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    lrs = {}
+    for key, text in row.items():
+        if key.startswith(_LR):
+            if text != "":
+                lrs[key[len(_LR):]] = float(text)
+        else:
+            record[key] = _parse(text)
+    record["lr"] = lrs
+    return record
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Save a PNG with loss and accuracy curves (train and validation) per epoch.
+
+    A dotted line marks the switch from warm-up to fine-tuning. Needs matplotlib
+    (``pip install 'transferlearn[plot]'``).
+
+    Args:
+        history: a ``History`` (or any sequence of its records).
+        path: the PNG file to write.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: the history is empty.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plot_history needs matplotlib: pip install 'transferlearn[plot]'") from None
+    if len(history) == 0:
+        raise ValueError("history is empty: nothing to plot")
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split in ("train", "val"):
+            values = [r.get(f"{split}_{metric}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=split)
+        switch = [r["epoch"] for r in history if r["phase"] == "finetune"]
+        if switch and switch[0] > epochs[0]:
+            ax.axvline(switch[0] - 0.5, linestyle=":", color="grey", label="fine-tune starts")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
