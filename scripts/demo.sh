@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TORCH_HOME="$PWD/.cache/torch"
 cd examples
-exec ../.venv/bin/python feature_extraction.py "$@"
+exec ../.venv/bin/python demo.py --out ../runs/demo "$@"

@@ -66,3 +66,10 @@ def test_plot_history_writes_a_png(history, tmp_path):
 def test_plot_empty_history_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="history is empty: nothing to plot"):
         plot_history(History(), tmp_path / "x.png")
+
+
+def test_plot_compares_several_runs(history, tmp_path):
+    path = plot_history({"random init": history, "fine-tuning": history}, tmp_path / "compare.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="history is empty"):
+        plot_history({"a": History()}, tmp_path / "x.png")

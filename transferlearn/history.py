@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterator, overload
 
@@ -120,14 +120,21 @@ def _unflatten(row: dict[str, str]) -> dict[str, Any]:
     return record
 
 
-def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Save a PNG with loss and accuracy curves (train and validation) per epoch.
+def _series(history: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [float("nan") if r.get(key) is None else r[key] for r in history]
 
-    A dotted line marks the switch from warm-up to fine-tuning. Needs matplotlib
-    (``pip install 'transferlearn[plot]'``).
+
+def plot_history(history: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[str, Any]]],
+                 path: str | os.PathLike) -> Path:
+    """Save a PNG with loss and accuracy curves per epoch.
+
+    Given one history, train and validation curves are drawn and a dotted line marks the
+    switch from warm-up to fine-tuning. Given a mapping ``{label: history}``, the
+    validation curves (train curves where there is no validation) of every run are drawn
+    side by side, to compare strategies. Needs matplotlib (``pip install 'transferlearn[plot]'``).
 
     Args:
-        history: a ``History`` (or any sequence of its records).
+        history: a ``History`` (or a sequence of its records), or a mapping of labels to them.
         path: the PNG file to write.
 
     Returns:
@@ -135,29 +142,34 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
 
     Raises:
         ImportError: matplotlib is not installed.
-        ValueError: the history is empty.
+        ValueError: a history is empty.
     """
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError("plot_history needs matplotlib: pip install 'transferlearn[plot]'") from None
-    if len(history) == 0:
+    runs = dict(history) if isinstance(history, Mapping) else {"": history}
+    if not runs or any(len(h) == 0 for h in runs.values()):
         raise ValueError("history is empty: nothing to plot")
-    epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
-        for split in ("train", "val"):
-            values = [r.get(f"{split}_{metric}") for r in history]
-            if any(v is not None for v in values):
-                ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=split)
-        switch = [r["epoch"] for r in history if r["phase"] == "finetune"]
-        if switch and switch[0] > epochs[0]:
-            ax.axvline(switch[0] - 0.5, linestyle=":", color="grey", label="fine-tune starts")
+        for label, run in runs.items():
+            epochs = [r["epoch"] for r in run]
+            splits = ("train", "val") if label == "" else (
+                ("val",) if any(r.get("val_" + metric) is not None for r in run) else ("train",))
+            for split in splits:
+                name = split if label == "" else f"{label} ({split})"
+                ax.plot(epochs, _series(run, f"{split}_{metric}"), marker="o", label=name)
+            switch = [r["epoch"] for r in run if r["phase"] == "finetune"]
+            if label == "" and switch and switch[0] > epochs[0]:
+                ax.axvline(switch[0] - 0.5, linestyle=":", color="grey", label="fine-tune starts")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
