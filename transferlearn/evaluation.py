@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._checks import check_int, check_module, describe
+from ._io import eval_mode
 from ._runtime import Precision
 from .features import _inputs_targets
 
@@ -29,6 +30,24 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> int | None:
     return int((logits.argmax(1) == targets).sum())
 
 
+class _Tally:
+    """Running loss sum, correct answers (None once targets are not class indices), count."""
+
+    def __init__(self) -> None:
+        self.loss, self.correct, self.count = 0.0, 0, 0
+
+    def add(self, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        hits = _correct(logits, targets)
+        self.correct = None if hits is None or self.correct is None else self.correct + hits
+        self.loss += loss * len(targets)
+        self.count += len(targets)
+
+    def result(self, empty: str) -> tuple[float, float | None]:
+        if self.count == 0:
+            raise ValueError(empty)
+        return self.loss / self.count, None if self.correct is None else self.correct / self.count
+
+
 def _device_of(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
@@ -36,18 +55,12 @@ def _device_of(model: nn.Module) -> torch.device:
 def _eval_batches(model: nn.Module, loader: Any, device: torch.device,
                   precision: Precision | None) -> Iterator[tuple[torch.Tensor, Any]]:
     """``(logits, targets)`` per batch in eval mode; every module's mode restored after."""
-    modes = [(m, m.training) for m in model.modules()]
     cast = precision or Precision(False, device)
-    try:
-        model.eval()
-        with torch.inference_mode(), cast.autocast():
-            for batch in loader:
-                inputs, targets = _inputs_targets(batch)
-                logits, _ = _split_outputs(model(inputs.to(device)))
-                yield logits.float(), targets
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(model), torch.inference_mode(), cast.autocast():
+        for batch in loader:
+            inputs, targets = _inputs_targets(batch)
+            logits, _ = _split_outputs(model(inputs.to(device)))
+            yield logits.float(), targets
 
 
 def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None,
@@ -75,18 +88,14 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
     check_module("model", model)
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     device = torch.device(device) if device is not None else _device_of(model)
-    loss_sum, correct, count = 0.0, 0, 0
+    tally = _Tally()
     for logits, targets in _eval_batches(model, loader, device, precision):
         if targets is None:
             raise ValueError("evaluate needs a loader of (inputs, targets) batches")
         targets = torch.as_tensor(targets).to(device)
-        loss_sum += float(criterion(logits, targets)) * len(targets)
-        hits = _correct(logits, targets)
-        correct = None if hits is None or correct is None else correct + hits
-        count += len(targets)
-    if count == 0:
-        raise ValueError("loader yielded no batches: nothing to evaluate")
-    return {"loss": loss_sum / count, "accuracy": None if correct is None else correct / count}
+        tally.add(float(criterion(logits, targets)), logits, targets)
+    loss, accuracy = tally.result("loader yielded no batches: nothing to evaluate")
+    return {"loss": loss, "accuracy": accuracy}
 
 
 def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any = None,

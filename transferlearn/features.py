@@ -11,6 +11,7 @@ from torchvision import transforms as T
 from torchvision.transforms import _presets
 
 from ._checks import check_module, describe
+from ._io import eval_mode
 from .heads import find_head
 from .transforms import ImagePreprocess
 
@@ -103,10 +104,8 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
     captured: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     hook = head_module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for batch in loader:
                 inputs, targets = _inputs_targets(batch)
                 model(inputs.to(device))
@@ -114,8 +113,6 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
                     labels.append(torch.as_tensor(targets).cpu())
     finally:
         hook.remove()
-        for m, mode in modes:
-            m.training = mode
     if not captured:
         raise ValueError("loader yielded no batches: nothing to extract")
     features = torch.cat(captured)

@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,6 +15,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from ._checks import check_int, describe
+from ._io import atomic_write
 from .heads import replace_head
 
 __all__ = ["load_model", "install_weights", "checkpoint_path"]
@@ -149,13 +149,6 @@ def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool =
         if not actual.startswith(match.group(1)):
             raise ValueError(f"file={str(file)!r} has SHA-256 {actual[:16]}..., but {weights} "
                              f"expects a hash starting with {match.group(1)!r}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".install-", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with open(source, "rb") as src:
+        atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
     return target

@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from ._checks import check_float, check_head_name, check_int, check_module, describe
 from ._runtime import Precision, Progress, pick_device
 from .batchnorm import freeze_bn_running_stats, unfreeze_bn_running_stats
-from .evaluation import _correct, _split_outputs, evaluate, predict
+from .evaluation import _split_outputs, _Tally, evaluate, predict
 from .features import _inputs_targets, cached_batches, extract_features, is_deterministic
 from .freezing import freeze_backbone, unfreeze
 from .groups import layer_groups
@@ -225,7 +225,7 @@ class Trainer:
             forward, batches = self.model, loader
             total = len(loader) if hasattr(loader, "__len__") else None
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        loss_sum, correct, count = 0.0, 0, 0
+        tally = _Tally()
         for batch in self.progress.batches(batches, total, desc):
             inputs, targets = _inputs_targets(batch)
             if targets is None:
@@ -243,13 +243,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip)
             scaler.step(self.optimizer)
             scaler.update()
-            hits = _correct(logits, targets)
-            correct = None if hits is None or correct is None else correct + hits
-            loss_sum += float(loss.detach()) * len(targets)
-            count += len(targets)
-        if count == 0:
-            raise ValueError("train_loader yielded no batches")
-        return loss_sum / count, None if correct is None else correct / count
+            tally.add(float(loss.detach()), logits, targets)
+        return tally.result("train_loader yielded no batches")
 
     # ---------------------------------------------------------------------- evaluation
     def evaluate(self, loader: Any) -> dict[str, float | None]:
