@@ -114,3 +114,10 @@ def test_timm_weights_option_is_checked():
     pytest.importorskip("timm")
     with pytest.raises(ValueError, match=r"for timm models weights must be None or 'DEFAULT', got 'IMAGENET1K_V1'"):
         load_model("timm/resnet18", weights="IMAGENET1K_V1")
+
+
+def test_timm_pretrained_never_downloads_silently():
+    pytest.importorskip("timm")
+    with pytest.raises(FileNotFoundError, match=r"pretrained weights for timm model 'resnet18' are not in the local "
+                                                r"Hugging Face cache; pass download=True"):
+        load_model("timm/resnet18")

@@ -71,11 +71,10 @@ class Progress:
     def epoch(self, record: dict[str, Any], total_epochs: int) -> None:
         if self.mode is False:
             return
-        parts = [f"epoch {record['epoch']}/{total_epochs} {record['phase']:8s}",
-                 f"loss {record['train_loss']:.4f}"]
-        if record.get("train_accuracy") is not None:
-            parts.append(f"acc {record['train_accuracy']:.3f}")
-        if record.get("val_loss") is not None:
-            parts.append(f"val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.3f}")
+        parts = [f"epoch {record['epoch']}/{total_epochs} {record['phase']:8s}"]
+        for key, label in (("train_loss", "loss"), ("train_accuracy", "acc"),
+                           ("val_loss", "val_loss"), ("val_accuracy", "val_acc")):
+            if record.get(key) is not None:
+                parts.append(f"{label} {record[key]:.4f}" if "loss" in key else f"{label} {record[key]:.3f}")
         parts.append(f"{record['seconds']:.1f}s")
         print("  ".join(parts), flush=True)

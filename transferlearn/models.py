@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import torch
@@ -45,14 +46,40 @@ def checkpoint_path(weights: tvm.WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
-def _load_timm(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
+@contextlib.contextmanager
+def _hf_offline(offline: bool) -> Iterator[None]:
+    """While active, huggingface_hub (which timm downloads through) uses its local cache only."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) -> nn.Module:
     try:
         import timm
     except ImportError:
         raise ImportError("load_model('timm/...') needs timm: pip install 'transferlearn[timm]'") from None
     if weights not in (None, "DEFAULT"):
         raise ValueError(f"for timm models weights must be None or 'DEFAULT', got {weights!r}")
-    return timm.create_model(name, pretrained=weights == "DEFAULT", **kwargs)
+    if weights is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        with _hf_offline(not download):
+            return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as error:
+        if download:
+            raise
+        raise FileNotFoundError(
+            f"pretrained weights for timm model {name!r} are not in the local Hugging Face cache; "
+            "pass download=True to fetch them") from error
 
 
 def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None = None,
@@ -60,8 +87,9 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     """Build a torchvision (or timm) model with pretrained weights and, optionally, a new head.
 
     ``arch`` is a name from ``torchvision.models.list_models()`` or ``"timm/<name>"``. The
-    weights come from the torch hub cache (``torch.hub.get_dir()/checkpoints``); a missing
-    checkpoint raises instead of downloading unless ``download=True``. Use
+    weights come from the torch hub cache (``torch.hub.get_dir()/checkpoints``; for timm,
+    the local Hugging Face cache); a missing checkpoint raises instead of downloading unless
+    ``download=True``. Use
     ``install_weights`` to put a checkpoint there on an offline machine.
 
     Args:
@@ -87,7 +115,7 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     if num_classes is not None:
         check_int("num_classes", num_classes, minimum=0)
     if arch.startswith("timm/"):
-        model = _load_timm(arch[5:], weights, kwargs)
+        model = _load_timm(arch[5:], weights, download, kwargs)
     else:
         if arch not in tvm.list_models():
             raise ValueError(f"arch={arch!r} is not a torchvision model; see "
