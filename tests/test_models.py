@@ -110,6 +110,16 @@ def test_timm_models_go_through_get_classifier():
     assert find_head(vit)[0] == "head" and vit(torch.randn(1, 3, 224, 224)).shape == (1, 5)
 
 
+def test_timm_reset_classifier_keeps_dtype_and_takes_dropout():
+    pytest.importorskip("timm")
+    from transferlearn.heads import DropoutHead
+    model = load_model("timm/resnet18", weights=None).double()
+    replace_head(model, 4, dropout=0.25)
+    assert isinstance(model.fc, DropoutHead) and model.fc[1].weight.dtype == torch.float64
+    assert model.get_classifier() is model.fc and model.num_classes == 4
+    assert model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).shape == (2, 4)
+
+
 def test_timm_weights_option_is_checked():
     pytest.importorskip("timm")
     with pytest.raises(ValueError, match=r"for timm models weights must be None or 'DEFAULT', got 'IMAGENET1K_V1'"):

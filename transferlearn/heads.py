@@ -164,6 +164,18 @@ def _new_layer(old: nn.Module, num_classes: int) -> nn.Module:
                      **like)
 
 
+def _reset_timm(model: nn.Module, num_classes: int) -> bool:
+    """timm models replace their own head (``reset_classifier``), kept on the old dtype/device."""
+    name = _from_timm(model)
+    if name is None or not callable(getattr(model, "reset_classifier", None)):
+        return False
+    like = next(model.get_submodule(name).parameters(), None)
+    model.reset_classifier(num_classes)
+    if like is not None:
+        model.get_classifier().to(device=like.device, dtype=like.dtype)
+    return True
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
@@ -204,6 +216,11 @@ def replace_head(model: nn.Module, num_classes: int, *, head: str | None = None,
         if dropout >= 1.0 or num_classes == 0:
             raise ValueError(f"dropout must be in [0, 1) and needs num_classes > 0, got "
                              f"dropout={dropout!r} with num_classes={num_classes}")
+    if head is None and _reset_timm(model, num_classes):
+        names = [find_head(model)[0]]
+        if dropout is not None:
+            _set_submodule(model, names[0], DropoutHead(nn.Dropout(dropout), model.get_submodule(names[0])))
+        return model
     names = head_names(model, head=head)
     for i, name in enumerate(names):
         layer = _new_layer(model.get_submodule(name), num_classes)
