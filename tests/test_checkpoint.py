@@ -111,3 +111,29 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_load_missing_checkpoint():
     with pytest.raises(FileNotFoundError, match="checkpoint 'missing.pt' does not exist"):
         load_checkpoint("missing.pt")
+
+
+def test_resume_with_a_sampler_generator(tmp_path):
+    from torch.utils.data import RandomSampler
+
+    def go(path, **kwargs):
+        m = model(seed=1)
+        data = separable(64)
+        train = DataLoader(data, batch_size=16, sampler=RandomSampler(data, generator=torch.Generator().manual_seed(2)))
+        trainer = Trainer(m, seed=3, progress=False, checkpoint_dir=path)
+        stop = kwargs.pop("stop_after", None)
+        if stop:
+            original = trainer._save
+
+            def crash(epoch, *args):
+                original(epoch, *args)
+                if epoch == stop:
+                    raise Interrupt
+            trainer._save = crash
+        trainer.fit(train, warmup_epochs=1, finetune_epochs=3, cache_features=False, **kwargs)
+        return m
+    full = go(tmp_path / "full")
+    with pytest.raises(Interrupt):
+        go(tmp_path / "cut", stop_after=2)
+    resumed = go(tmp_path / "cut", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))

@@ -61,6 +61,13 @@ def test_install_weights_checks_hash(hub, tmp_path):
     assert not list(hub.rglob("*.tmp"))
 
 
+def test_install_weights_unknown_weights(tmp_path):
+    with pytest.raises(ValueError, match=r"weights='ResNet18_Weights.IMAGENET9K' is not a torchvision weights name"):
+        install_weights(tmp_path / "x.pth", "ResNet18_Weights.IMAGENET9K")
+    with pytest.raises(TypeError, match=r"weights must be a torchvision WeightsEnum member or its name, got 18"):
+        install_weights(tmp_path / "x.pth", 18)
+
+
 def test_install_weights_missing_file(hub, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"file='.*nope.pth' does not exist"):
         install_weights(tmp_path / "nope.pth", "ResNet18_Weights.IMAGENET1K_V1")

@@ -276,3 +276,10 @@ def test_evaluate_and_predict_errors():
     with pytest.raises(TypeError, match=r"data must be a tensor or an iterable of batches, got 3"):
         trainer.predict(3)
     assert trainer.predict(torch.randn(3, 8, 8)).shape == (1, 3)
+
+
+def test_fit_leaves_the_model_in_eval_mode():
+    train, _ = loaders()
+    m = model()
+    Trainer(m, progress=False).fit(train, warmup_epochs=1, finetune_epochs=1)
+    assert not any(module.training for module in m.modules())

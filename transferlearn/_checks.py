@@ -60,3 +60,18 @@ def check_head_name(value: Any) -> str | None:
             f"head must be None or a non-empty dotted module name such as 'fc', got {describe(value)}"
         )
     return value
+
+
+def as_weights(value: Any, name: str = "weights") -> Any:
+    """A torchvision ``WeightsEnum`` member from itself or its full name ("ResNet50_Weights.IMAGENET1K_V2")."""
+    from torchvision.models import WeightsEnum, get_weight
+
+    if isinstance(value, str):
+        try:
+            return get_weight(value)
+        except (ValueError, KeyError, AttributeError):
+            raise ValueError(f"{name}={value!r} is not a torchvision weights name such as "
+                             "'ResNet50_Weights.IMAGENET1K_V2'") from None
+    if not isinstance(value, WeightsEnum):
+        raise TypeError(f"{name} must be a torchvision WeightsEnum member or its name, got {describe(value)}")
+    return value

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ._checks import check_int, describe
+from ._checks import as_weights, check_int, describe
 from ._io import atomic_write
 from .heads import replace_head
 
@@ -30,18 +30,19 @@ def _resolve_weights(arch: str, weights: Any) -> tvm.WeightsEnum | None:
     if not isinstance(weights, str):
         raise TypeError(f"weights must be None, a WeightsEnum member or a name such as "
                         f"'DEFAULT' or 'IMAGENET1K_V1', got {describe(weights)}")
+    if "." in weights:
+        return as_weights(weights)
     enum = tvm.get_model_weights(arch)
     try:
-        return tvm.get_weight(weights) if "." in weights else enum[weights]
-    except (KeyError, ValueError):
+        return enum[weights]
+    except KeyError:
         raise ValueError(f"weights={weights!r} is not one of {arch}'s weights: "
                          f"{['DEFAULT'] + [w.name for w in enum]}") from None
 
 
 def checkpoint_path(weights: tvm.WeightsEnum) -> Path:
     """Where torchvision looks for ``weights`` in the torch hub cache."""
-    if not isinstance(weights, tvm.WeightsEnum):
-        raise TypeError(f"weights must be a torchvision WeightsEnum member, got {describe(weights)}")
+    weights = as_weights(weights)
     name = os.path.basename(urlparse(weights.url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
@@ -163,9 +164,7 @@ def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool =
     Example:
         >>> install_weights("mobilenet_v2-b0353104.pth", MobileNet_V2_Weights.IMAGENET1K_V1)
     """
-    if isinstance(weights, str):
-        weights = tvm.get_weight(weights)
-    target = checkpoint_path(weights)
+    target = checkpoint_path(as_weights(weights))
     source = Path(file)
     if not source.is_file():
         raise FileNotFoundError(f"file={str(file)!r} does not exist or is not a file")

@@ -112,7 +112,9 @@ class Trainer:
         a path continues from that file.
 
         Returns:
-            The ``History``, one record per epoch (also kept as ``trainer.history``).
+            The ``History``, one record per epoch (also kept as ``trainer.history``). The
+            model is left in eval mode, with the last phase's trainable parameters and
+            BatchNorm policy.
 
         Raises:
             TypeError, ValueError: bad settings; FileNotFoundError: ``resume`` path missing.
@@ -130,7 +132,8 @@ class Trainer:
             self.model, head_lr=cfg["head_lr"], backbone_lr=cfg["backbone_lr"],
             weight_decay=cfg["weight_decay"], head=self.head))
         plan = ["warmup"] * cfg["warmup_epochs"] + ["finetune"] * cfg["finetune_epochs"]
-        generator = getattr(train_loader, "generator", None)
+        generator = getattr(train_loader, "generator", None) or \
+            getattr(getattr(train_loader, "sampler", None), "generator", None)
         history, start = self._restore(resume, plan, generator)
         cache = None
         for epoch in range(start, len(plan)):
@@ -152,6 +155,7 @@ class Trainer:
             history.append(record)
             self.progress.epoch(record, len(plan))
             self._save(epoch + 1, phase, history, generator)
+        self.model.eval()  # ready for inference: no one forgets eval() after fit
         self.history = history
         return history
 

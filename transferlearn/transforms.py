@@ -14,11 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
-from torchvision.models import WeightsEnum, get_weight
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from ._checks import check_int, describe
+from ._checks import as_weights, check_int, describe
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocess", "imagenet_transform", "to_rgb"]
 
@@ -110,15 +109,7 @@ class ImagePreprocess:
 
 
 def _weights_meta(weights: Any) -> dict[str, Any]:
-    if isinstance(weights, str):
-        try:
-            weights = get_weight(weights)
-        except (ValueError, KeyError, AttributeError):
-            raise ValueError(f"weights={weights!r} is not a torchvision weights name such as "
-                             "'ResNet50_Weights.IMAGENET1K_V2'") from None
-    if not isinstance(weights, WeightsEnum):
-        raise TypeError(f"weights must be None, a torchvision WeightsEnum member or its name, "
-                        f"got {describe(weights)}")
+    weights = as_weights(weights)
     preset = weights.transforms()
     for attr in ("crop_size", "resize_size", "mean", "std", "interpolation"):
         if not hasattr(preset, attr):
