@@ -27,7 +27,7 @@ from ._runtime import Precision, Progress, pick_device
 from .batchnorm import freeze_bn_running_stats, unfreeze_bn_running_stats
 from .evaluation import _split_outputs, _Tally, evaluate, predict
 from .features import _inputs_targets, cached_batches, extract_features, is_deterministic
-from .freezing import freeze_backbone, unfreeze
+from .freezing import freeze_backbone, head_parameters, unfreeze
 from .groups import layer_groups
 from .heads import find_head
 from .history import History
@@ -45,6 +45,17 @@ class _Unset:
 _UNSET: Any = _Unset()
 _DEFAULTS = {"warmup_epochs": 2, "finetune_epochs": 3, "head_lr": 1e-3, "backbone_lr": None,
              "weight_decay": 0.0, "freeze_bn": True, "unfreeze": None}
+
+
+def _pin_early_bn(model: nn.Module, head: str | None) -> None:
+    """Pin BatchNorm statistics in the first half of the backbone's layer groups."""
+    heads = {id(p) for p in head_parameters(model, head=head)}
+    backbone = [ps for _, ps in layer_groups(model, head=head) if not any(id(p) in heads for p in ps)]
+    early = {id(p) for ps in backbone[: len(backbone) // 2] for p in ps}
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                any(id(p) in early for p in module.parameters(recurse=False)):
+            freeze_bn_running_stats(module)
 
 
 class Trainer:
@@ -142,22 +153,28 @@ class Trainer:
                 self._enter_phase(phase, cfg)
             if phase == "warmup" and use_cache and cache is None:
                 cache = self._features(train_loader, generator)
-            began = time.perf_counter()
-            loss, accuracy = self._train_epoch(train_loader, cache if phase == "warmup" else None,
-                                               f"epoch {epoch + 1}/{len(plan)} {phase}")
-            record = {"epoch": epoch + 1, "phase": phase, "train_loss": loss, "train_accuracy": accuracy,
-                      "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
-                             if any(p.requires_grad for p in g["params"])}}
-            if val_loader is not None:
-                scores = self.evaluate(val_loader)
-                record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
-            record["seconds"] = time.perf_counter() - began
+            record = self._epoch(epoch, plan, train_loader, val_loader, cache if phase == "warmup" else None)
             history.append(record)
             self.progress.epoch(record, len(plan))
             self._save(epoch + 1, phase, history, generator)
         self.model.eval()  # ready for inference: no one forgets eval() after fit
         self.history = history
         return history
+
+    def _epoch(self, epoch: int, plan: list[str], train_loader: Any, val_loader: Any,
+               cache: Any) -> dict[str, Any]:
+        """Train one epoch (on cached features when given), validate, return its record."""
+        began = time.perf_counter()
+        phase = plan[epoch]
+        loss, accuracy = self._train_epoch(train_loader, cache, f"epoch {epoch + 1}/{len(plan)} {phase}")
+        record = {"epoch": epoch + 1, "phase": phase, "train_loss": loss, "train_accuracy": accuracy,
+                  "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
+                         if any(p.requires_grad for p in g["params"])}}
+        if val_loader is not None:
+            scores = self.evaluate(val_loader)
+            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+        record["seconds"] = time.perf_counter() - began
+        return record
 
     def _settings(self, strategy: Strategy | None, given: dict[str, Any]) -> dict[str, Any]:
         if strategy is not None and not isinstance(strategy, Strategy):
@@ -195,12 +212,7 @@ class Trainer:
             return
         unfreeze_bn_running_stats(self.model)
         if policy == "early":
-            groups = layer_groups(self.model, head=self.head)[:-1]
-            early = {id(p) for _, ps in groups[: len(groups) // 2] for p in ps}
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
-                        any(id(p) in early for p in module.parameters(recurse=False)):
-                    freeze_bn_running_stats(module)
+            _pin_early_bn(self.model, self.head)
 
     def _features(self, loader: DataLoader, generator: torch.Generator | None):
         """Backbone features once, in dataset order, without disturbing any random state
