@@ -138,3 +138,17 @@ def test_timm_pretrained_never_downloads_silently():
     with pytest.raises(FileNotFoundError, match=r"pretrained weights for timm model 'resnet18' are not in the local "
                                                 r"Hugging Face cache; pass download=True"):
         load_model("timm/resnet18")
+
+
+def test_install_weights_without_hash_in_name(hub, tmp_path):
+    from torchvision.models._api import Weights, WeightsEnum
+
+    class NoHash(WeightsEnum):
+        V1 = Weights(url="https://example.invalid/models/plain.pth", transforms=lambda: None, meta={})
+
+    src = tmp_path / "plain.pth"
+    src.write_bytes(b"weights")
+    with pytest.raises(ValueError, match=r"plain.pth carries no hash prefix to check; pass check_hash=False"):
+        install_weights(src, NoHash.V1)
+    target = install_weights(src, NoHash.V1, check_hash=False)
+    assert target.read_bytes() == b"weights" and target.name == "plain.pth"

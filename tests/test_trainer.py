@@ -283,3 +283,18 @@ def test_fit_leaves_the_model_in_eval_mode():
     m = model()
     Trainer(m, progress=False).fit(train, warmup_epochs=1, finetune_epochs=1)
     assert not any(module.training for module in m.modules())
+
+
+def test_loader_errors():
+    images_only = DataLoader(torch.randn(8, 3, 8, 8), batch_size=4)
+    with pytest.raises(ValueError, match=r"train_loader must yield \(inputs, targets\) batches"):
+        Trainer(model(), progress=False).fit(images_only, warmup_epochs=1, finetune_epochs=0, cache_features=True)
+    with pytest.raises(ValueError, match=r"train_loader must yield \(inputs, targets\) batches"):
+        Trainer(model(), progress=False).fit(images_only, warmup_epochs=0, finetune_epochs=1)
+    with pytest.raises(ValueError, match="train_loader yielded no batches"):
+        Trainer(model(), progress=False).fit([], warmup_epochs=0, finetune_epochs=1)
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))]
+    with pytest.raises(ValueError, match=r"cache_features=True needs train_loader to be a DataLoader, got \[\("):
+        Trainer(model(), progress=False).fit(batches, warmup_epochs=1, cache_features=True)
+    history = Trainer(model(), progress=False).fit(batches, warmup_epochs=1, finetune_epochs=1)
+    assert len(history) == 2                       # any iterable of batches trains (uncached)

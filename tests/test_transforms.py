@@ -143,6 +143,8 @@ def test_output_shape_for_any_size_and_aspect(h, w, size, train, gray):
     (lambda: imagenet_transform(std=(1, 0, 1)), ValueError, r"std must be 3 per-channel numbers > 0"),
     (lambda: imagenet_transform(weights="Nope.X"), ValueError, r"weights='Nope.X' is not a torchvision weights name"),
     (lambda: imagenet_transform(weights=3), TypeError, r"weights must be a torchvision WeightsEnum member or its name, got 3"),
+    (lambda: imagenet_transform(weights="FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1"), ValueError,
+     r"have no image-classification preprocessing \(their transforms\(\) has no 'crop_size'\)"),
     (lambda: imagenet_transform(interpolation="bilinear"), TypeError, r"interpolation must be a torchvision InterpolationMode"),
     (lambda: imagenet_transform()(torch.rand(4, 8, 8)), ValueError, r"image tensor must have shape .* got \(4, 8, 8\)"),
     (lambda: imagenet_transform()("cat.png"), TypeError, r"image must be a PIL image, a torch.Tensor or a numpy array, got 'cat.png'"),
