@@ -36,13 +36,10 @@ def make_model(device: torch.device) -> nn.Module:
     return tl.load_model("mobilenet_v2", weights=None, num_classes=10).to(device)
 
 
-def plain_warmup(loader: DataLoader, epochs: int, device: torch.device) -> None:
-    model = make_model(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.classifier[1].parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(model.classifier[1].parameters(), lr=1e-3)
+def plain_epochs(model: nn.Module, params, loader: DataLoader, epochs: int, device: torch.device,
+                 lr: float) -> None:
+    """The textbook loop: train mode, forward, loss, backward, step."""
+    opt = torch.optim.AdamW(params, lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for _ in range(epochs):
@@ -53,16 +50,19 @@ def plain_warmup(loader: DataLoader, epochs: int, device: torch.device) -> None:
             opt.step()
 
 
+def plain_warmup(loader: DataLoader, epochs: int, device: torch.device) -> None:
+    model = make_model(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.classifier[1]
+    for p in head.parameters():
+        p.requires_grad_(True)
+    plain_epochs(model, head.parameters(), loader, epochs, device, lr=1e-3)
+
+
 def plain_finetune(loader: DataLoader, device: torch.device) -> None:
     model = make_model(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
+    plain_epochs(model, model.parameters(), loader, 1, device, lr=1e-4)
 
 
 def trainer_run(loader: DataLoader, device: torch.device, warmup: int, finetune: int) -> None:

@@ -16,6 +16,19 @@ class Interrupt(Exception):
     pass
 
 
+def crash_after(trainer: Trainer, stop_after: int | None) -> None:
+    """Make ``trainer`` raise right after it has saved the checkpoint of epoch ``stop_after``."""
+    if stop_after is None:
+        return
+    original = trainer._save
+
+    def save_then_crash(epoch, *args):
+        original(epoch, *args)
+        if epoch == stop_after:
+            raise Interrupt
+    trainer._save = save_then_crash
+
+
 def run(tmp_path, *, stop_after=None, resume=False, cache="auto", generator=False):
     """Train 3 warm-up + 3 fine-tune epochs; optionally crash after ``stop_after`` epochs."""
     m = model(seed=1)
@@ -23,14 +36,7 @@ def run(tmp_path, *, stop_after=None, resume=False, cache="auto", generator=Fals
     train = DataLoader(separable(64), batch_size=16, shuffle=True, generator=g)
     val = DataLoader(separable(32, seed=9), batch_size=16)
     trainer = Trainer(m, seed=3, progress=False, checkpoint_dir=tmp_path)
-    if stop_after is not None:
-        original = trainer._save
-
-        def save_then_maybe_crash(epoch, *args):
-            original(epoch, *args)
-            if epoch == stop_after:
-                raise Interrupt
-        trainer._save = save_then_maybe_crash
+    crash_after(trainer, stop_after)
     history = trainer.fit(train, val, warmup_epochs=3, finetune_epochs=3, head_lr=1e-2,
                           cache_features=cache, resume=resume)
     return m, history
@@ -121,15 +127,7 @@ def test_resume_with_a_sampler_generator(tmp_path):
         data = separable(64)
         train = DataLoader(data, batch_size=16, sampler=RandomSampler(data, generator=torch.Generator().manual_seed(2)))
         trainer = Trainer(m, seed=3, progress=False, checkpoint_dir=path)
-        stop = kwargs.pop("stop_after", None)
-        if stop:
-            original = trainer._save
-
-            def crash(epoch, *args):
-                original(epoch, *args)
-                if epoch == stop:
-                    raise Interrupt
-            trainer._save = crash
+        crash_after(trainer, kwargs.pop("stop_after", None))
         trainer.fit(train, warmup_epochs=1, finetune_epochs=3, cache_features=False, **kwargs)
         return m
     full = go(tmp_path / "full")
