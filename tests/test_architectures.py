@@ -95,3 +95,35 @@ def test_full_sweep_contract(arch):
 def test_sample_covers_every_family():
     assert {expected_head(a) for a in ALL} == {expected_head(a) for a in FAMILY_SAMPLE}
     assert len(ALL) >= 80
+
+
+TIMM_SAMPLE = ["resnet18", "vit_tiny_patch16_224", "convnext_atto", "efficientnet_b0",
+               "deit_tiny_distilled_patch16_224", "mobilenetv3_small_050", "regnetx_002"]
+
+
+@pytest.mark.parametrize("name", TIMM_SAMPLE)
+def test_timm_contract(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False)
+    heads = model.get_classifier()
+    heads = list(heads) if isinstance(heads, tuple) else [heads]
+    head_name = next(n for n, m in model.named_modules() if m is heads[0])
+    assert find_head(model)[0] == head_name
+    width = heads[0].in_features
+    replace_head(model, 7)
+    side = 224 if "patch16_224" in name else 64
+    x = torch.randn(2, 3, side, side)
+    model.train()
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.square().mean().backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+    groups = layer_groups(model)
+    assert sum(len(ps) for _, ps in groups) == len(list(model.parameters()))
+    freeze_backbone(model)
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in head_parameters(model)}
+    replace_head(model, 0)
+    model.eval()
+    with torch.inference_mode():
+        assert model(x).shape == (2, width)

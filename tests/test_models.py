@@ -152,3 +152,14 @@ def test_install_weights_without_hash_in_name(hub, tmp_path):
         install_weights(src, NoHash.V1)
     target = install_weights(src, NoHash.V1, check_hash=False)
     assert target.read_bytes() == b"weights" and target.name == "plain.pth"
+
+
+def test_timm_distilled_model_has_two_heads():
+    pytest.importorskip("timm")
+    from transferlearn import freeze_backbone, layer_groups
+    model = load_model("timm/deit_tiny_distilled_patch16_224", weights=None, num_classes=4)
+    assert find_head(model)[0] == "head" and model.head_dist.out_features == 4
+    assert layer_groups(model)[-1][0] == "head+head_dist"
+    freeze_backbone(model)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}

@@ -52,16 +52,21 @@ def _last_in_classifier(model: nn.Module) -> str | None:
     return f"classifier.{names[-1]}" if names else None
 
 
-def _from_timm(model: nn.Module) -> str | None:
+def _timm_heads(model: nn.Module) -> list[str]:
+    """Names of what timm's ``get_classifier()`` returns: one module, or several (DeiT's
+    ``head`` and ``head_dist``)."""
     getter = getattr(model, "get_classifier", None)
     if not callable(getter):
-        return None
+        return []
     found = getter()
-    if isinstance(found, nn.Module):
-        for name, module in model.named_modules():
-            if module is found and name:
-                return name
-    return None
+    found = list(found) if isinstance(found, (tuple, list)) else [found]
+    names = {id(m): n for n, m in model.named_modules() if n}
+    return [names[id(m)] for m in found if isinstance(m, nn.Module) and id(m) in names]
+
+
+def _from_timm(model: nn.Module) -> str | None:
+    heads = _timm_heads(model)
+    return heads[0] if heads else None
 
 
 def _from_table(model: nn.Module) -> str | None:
@@ -129,12 +134,13 @@ def find_head(model: nn.Module, *, head: str | None = None) -> tuple[str, nn.Mod
 
 
 def _aux_names(model: nn.Module) -> list[str]:
-    """Names of auxiliary classifiers that must follow the main head (inception, googlenet)."""
+    """Names of auxiliary classifiers that must follow the main head (inception, googlenet,
+    timm's distillation head)."""
     if isinstance(model, tvm.Inception3) and model.AuxLogits is not None:
         return ["AuxLogits.fc"]
     if isinstance(model, tvm.GoogLeNet):
         return [f"{aux}.fc2" for aux in ("aux1", "aux2") if getattr(model, aux) is not None]
-    return []
+    return _timm_heads(model)[1:]
 
 
 def head_names(model: nn.Module, *, head: str | None = None) -> list[str]:
@@ -172,7 +178,8 @@ def _reset_timm(model: nn.Module, num_classes: int) -> bool:
     like = next(model.get_submodule(name).parameters(), None)
     model.reset_classifier(num_classes)
     if like is not None:
-        model.get_classifier().to(device=like.device, dtype=like.dtype)
+        for new in _timm_heads(model):
+            model.get_submodule(new).to(device=like.device, dtype=like.dtype)
     return True
 
 
