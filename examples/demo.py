@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from data import write_digits
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 import transferlearn as tl
-from data import write_digits
 
 WEIGHTS = "MobileNet_V2_Weights.IMAGENET1K_V1"
 
@@ -51,7 +51,6 @@ def main() -> None:
     parser.add_argument("--out", default="runs/demo", help="folder for the plot and histories")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tf = tl.imagenet_transform(weights=WEIGHTS, size=args.size, resize=args.size)
@@ -80,7 +79,7 @@ def main() -> None:
                 head_lr=1e-3, backbone_lr=1e-4),
         ]
 
-    print(f"\n| strategy | test accuracy | seconds |\n| --- | ---: | ---: |")
+    print("\n| strategy | test accuracy | seconds |\n| --- | ---: | ---: |")
     for r in results:
         print(f"| {r['name']} | {r['test']:.3f} | {r['seconds']:.1f} |")
     plot = tl.plot_history({r["name"]: r["history"] for r in results}, out / "demo.png")

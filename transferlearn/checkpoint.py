@@ -7,11 +7,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ._checks import describe
-from ._io import atomic_write
-
 import numpy as np
 import torch
+
+from ._checks import describe
+from ._io import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "resolve_resume", "LAST"]
 
