@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-from data import write_digits
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 import transferlearn as tl
+
+from data import write_digits
 
 WEIGHTS = "MobileNet_V2_Weights.IMAGENET1K_V1"
 

@@ -14,12 +14,13 @@ import tempfile
 import time
 
 import torch
-from data import write_digits
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 import transferlearn as tl
+
+from data import write_digits
 
 
 def accuracy(model: nn.Module, loader: DataLoader) -> float:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from data import write_digits
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 import transferlearn as tl
+
+from data import write_digits
 
 
 def main() -> None:
