@@ -298,3 +298,15 @@ def test_loader_errors():
         Trainer(model(), progress=False).fit(batches, warmup_epochs=1, cache_features=True)
     history = Trainer(model(), progress=False).fit(batches, warmup_epochs=1, finetune_epochs=1)
     assert len(history) == 2                       # any iterable of batches trains (uncached)
+
+
+def test_device_preference_is_cuda_then_mps_then_cpu(monkeypatch):
+    from transferlearn._runtime import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(None).type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device(None).type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device(None).type == "cpu"
+    assert pick_device("cpu") == torch.device("cpu")
