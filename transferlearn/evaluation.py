@@ -10,6 +10,7 @@ from torch import nn
 from ._checks import check_int, check_module, describe
 from ._io import eval_mode
 from ._runtime import Precision
+from .distributed import Distributed
 from .features import _inputs_targets
 
 __all__ = ["evaluate", "predict"]
@@ -42,10 +43,14 @@ class _Tally:
         self.loss += loss * len(targets)
         self.count += len(targets)
 
-    def result(self, empty: str) -> tuple[float, float | None]:
-        if self.count == 0:
+    def result(self, empty: str, distributed: Distributed | None = None) -> tuple[float, float | None]:
+        """Mean loss and accuracy, summed over all ranks first when ``distributed``."""
+        loss, correct, count = self.loss, -1.0 if self.correct is None else self.correct, self.count
+        if distributed is not None:
+            loss, correct, count = distributed.sum([loss, correct, count])
+        if count == 0:
             raise ValueError(empty)
-        return self.loss / self.count, None if self.correct is None else self.correct / self.count
+        return loss / count, None if correct < 0 else correct / count
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -64,7 +69,8 @@ def _eval_batches(model: nn.Module, loader: Any, device: torch.device,
 
 
 def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None,
-             device: Any = None, precision: Precision | None = None) -> dict[str, float | None]:
+             device: Any = None, precision: Precision | None = None,
+             distributed: Distributed | None = None) -> dict[str, float | None]:
     """Mean loss and accuracy of ``model`` over every sample of ``loader``.
 
     Runs in eval mode (Dropout off, BatchNorm on running statistics) under
@@ -77,6 +83,8 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
         criterion: the loss (default ``nn.CrossEntropyLoss()``), assumed to average a batch.
         device: where to run (default: the model's device).
         precision: autocast settings (the Trainer passes its own).
+        distributed: under torchrun, each rank evaluates its share and the sums are
+            reduced over ranks (the Trainer passes its own).
 
     Returns:
         ``{"loss": float, "accuracy": float or None}`` (None when targets are not class indices).
@@ -89,12 +97,14 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     device = torch.device(device) if device is not None else _device_of(model)
     tally = _Tally()
+    if distributed is not None:
+        loader = distributed.shard_eval(loader)
     for logits, targets in _eval_batches(model, loader, device, precision):
         if targets is None:
             raise ValueError("evaluate needs a loader of (inputs, targets) batches")
         targets = torch.as_tensor(targets).to(device)
         tally.add(float(criterion(logits, targets)), logits, targets)
-    loss, accuracy = tally.result("loader yielded no batches: nothing to evaluate")
+    loss, accuracy = tally.result("loader yielded no batches: nothing to evaluate", distributed)
     return {"loss": loss, "accuracy": accuracy}
 
 

@@ -6,7 +6,15 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from torch.utils.data import (
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Subset,
+    TensorDataset,
+)
 from torchvision import transforms as T
 from torchvision.transforms import _presets
 
@@ -124,7 +132,8 @@ def cached_batches(features: TensorDataset, like: DataLoader) -> Iterator[tuple[
     ``drop_last`` and shuffling (drawn from its generator, else the global torch RNG)."""
     n = len(features)
     batch_size = like.batch_size or n
-    if isinstance(like.sampler, RandomSampler):
+    sampler = like.sampler
+    if isinstance(sampler, RandomSampler) or (isinstance(sampler, DistributedSampler) and sampler.shuffle):
         order = torch.randperm(n, generator=like.generator or getattr(like.sampler, "generator", None))
     else:
         order = torch.arange(n)

@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from ._checks import check_float, check_head_name, check_int, check_module, describe
 from ._runtime import Precision, Progress, pick_device
 from .batchnorm import freeze_bn_running_stats, unfreeze_bn_running_stats
+from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
 from .features import _inputs_targets, cached_batches, extract_features, is_deterministic
 from .freezing import freeze_backbone, head_parameters, unfreeze
@@ -92,11 +93,13 @@ class Trainer:
         check_module("model", model)
         self.head = check_head_name(head)
         find_head(model, head=head)  # fail now, not after an epoch
-        self.device = pick_device(device)
+        self.dist = Distributed()
+        self.device = self.dist.setup(pick_device(device))
         self.model = model.to(self.device)
+        self._forward: nn.Module = self.model  # the model, or its DDP wrapper under torchrun
         self.precision = Precision(amp, self.device)
         self.grad_clip = None if grad_clip is None else check_float("grad_clip", grad_clip, strict=True)
-        self.progress = Progress(progress)
+        self.progress = Progress(progress if self.dist.is_main else False)
         self.seed = None if seed is None else check_int("seed", seed)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
@@ -143,6 +146,7 @@ class Trainer:
             self.model, head_lr=cfg["head_lr"], backbone_lr=cfg["backbone_lr"],
             weight_decay=cfg["weight_decay"], head=self.head))
         plan = ["warmup"] * cfg["warmup_epochs"] + ["finetune"] * cfg["finetune_epochs"]
+        train_loader = self.dist.shard_train(train_loader, seed=self.seed or 0)
         generator = getattr(train_loader, "generator", None) or \
             getattr(getattr(train_loader, "sampler", None), "generator", None)
         history, start = self._restore(resume, plan, generator)
@@ -150,9 +154,10 @@ class Trainer:
         for epoch in range(start, len(plan)):
             phase = plan[epoch]
             if epoch == start or phase != plan[epoch - 1]:
-                self._enter_phase(phase, cfg)
+                self._enter_phase(phase, cfg, cached=use_cache and phase == "warmup")
             if phase == "warmup" and use_cache and cache is None:
                 cache = self._features(train_loader, generator)
+            self.dist.set_epoch(train_loader, epoch)
             record = self._epoch(epoch, plan, train_loader, val_loader, cache if phase == "warmup" else None)
             history.append(record)
             self.progress.epoch(record, len(plan))
@@ -167,6 +172,7 @@ class Trainer:
         began = time.perf_counter()
         phase = plan[epoch]
         loss, accuracy = self._train_epoch(train_loader, cache, f"epoch {epoch + 1}/{len(plan)} {phase}")
+        self.dist.sync_buffers(self.model)
         record = {"epoch": epoch + 1, "phase": phase, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
                          if any(p.requires_grad for p in g["params"])}}
@@ -200,26 +206,27 @@ class Trainer:
         return bool(cache_features) and warmup_epochs > 0
 
     # -------------------------------------------------------------------------- phases
-    def _enter_phase(self, phase: str, cfg: dict[str, Any]) -> None:
+    def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool) -> None:
+        self._forward = self.model  # drop an old DDP wrapper before the trainable set changes
         if phase == "warmup":
             freeze_backbone(self.model, head=self.head)
             freeze_bn_running_stats(self.model)
-            return
-        unfreeze(self.model, last=cfg["unfreeze"], head=self.head)
-        policy = cfg["freeze_bn"]
-        if policy is True:
-            freeze_bn_running_stats(self.model)
-            return
-        unfreeze_bn_running_stats(self.model)
-        if policy == "early":
-            _pin_early_bn(self.model, self.head)
+        else:
+            unfreeze(self.model, last=cfg["unfreeze"], head=self.head)
+            if cfg["freeze_bn"] is True:
+                freeze_bn_running_stats(self.model)
+            else:
+                unfreeze_bn_running_stats(self.model)
+            if cfg["freeze_bn"] == "early":
+                _pin_early_bn(self.model, self.head)
+        # DDP syncs what is trainable when it is built: the head alone on cached features
+        target = self.model.get_submodule(find_head(self.model, head=self.head)[0]) if cached else self.model
+        self._forward = self.dist.wrap(target, self.device)
 
     def _features(self, loader: DataLoader, generator: torch.Generator | None):
         """Backbone features once, in dataset order, without disturbing any random state
         (so a resumed run caches exactly what the uninterrupted one did)."""
-        ordered = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=False,
-                             collate_fn=loader.collate_fn, num_workers=loader.num_workers,
-                             pin_memory=loader.pin_memory)
+        ordered = self.dist.ordered(loader)
         saved = generator.get_state() if generator is not None else None
         with torch.random.fork_rng(devices=[]):
             features = extract_features(self.model, ordered, head=self.head, device=self.device)
@@ -233,12 +240,11 @@ class Trainer:
     def _train_epoch(self, loader: Any, cache: Any, desc: str) -> tuple[float, float | None]:
         self.model.train()
         if cache is not None:
-            forward: nn.Module = self.model.get_submodule(find_head(self.model, head=self.head)[0])
             bs = loader.batch_size or len(cache)
             batches: Any = cached_batches(cache, loader)
             total = len(cache) // bs if loader.drop_last else math.ceil(len(cache) / bs)
         else:
-            forward, batches = self.model, loader
+            batches = loader
             total = len(loader) if hasattr(loader, "__len__") else None
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         tally = _Tally()
@@ -248,7 +254,7 @@ class Trainer:
                 raise ValueError("train_loader must yield (inputs, targets) batches")
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             with self.precision.autocast():
-                logits, aux = _split_outputs(forward(inputs))
+                logits, aux = _split_outputs(self._forward(inputs))
                 loss = self.criterion(logits, targets)
                 loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
             self.optimizer.zero_grad(set_to_none=True)
@@ -260,13 +266,13 @@ class Trainer:
             scaler.step(self.optimizer)
             scaler.update()
             tally.add(float(loss.detach()), logits, targets)
-        return tally.result("train_loader yielded no batches")
+        return tally.result("train_loader yielded no batches", self.dist)
 
     # ---------------------------------------------------------------------- evaluation
     def evaluate(self, loader: Any) -> dict[str, float | None]:
         """Mean loss and accuracy over every sample of ``loader``; see ``evaluation.evaluate``."""
         return evaluate(self.model, loader, criterion=self.criterion, device=self.device,
-                        precision=self.precision)
+                        precision=self.precision, distributed=self.dist)
 
     def predict(self, data: Any, *, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a tensor of images or a loader; see ``evaluation.predict``."""
@@ -276,10 +282,12 @@ class Trainer:
     def _save(self, epoch: int, phase: str, history: History, generator: Any) -> None:
         if self.checkpoint_dir is None:
             return
-        ckpt.save_checkpoint(self.checkpoint_dir / ckpt.LAST, {
-            "format": 1, "epoch": epoch, "phase": phase, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.precision.scaler.state_dict(),
-            "history": history.records(), "rng": ckpt.rng_state(generator)})
+        if self.dist.is_main:  # rank 0 alone writes; the others wait for the file
+            ckpt.save_checkpoint(self.checkpoint_dir / ckpt.LAST, {
+                "format": 1, "epoch": epoch, "phase": phase, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.precision.scaler.state_dict(),
+                "history": history.records(), "rng": ckpt.rng_state(generator)})
+        self.dist.barrier()
 
     def _restore(self, resume: Any, plan: list[str], generator: Any) -> tuple[History, int]:
         path = ckpt.resolve_resume(resume, self.checkpoint_dir)

@@ -1,0 +1,66 @@
+"""The Trainer under torchrun: 2 CPU processes (gloo), DDP, sharded data, reduced metrics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from transferlearn.checkpoint import LAST, load_checkpoint
+from transferlearn.evaluation import evaluate
+
+from .test_trainer import model, separable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", params=["cache", "nocache"])
+def ddp_run(request, tmp_path_factory):
+    """cache: head-only DDP on cached features, BatchNorm pinned; nocache: whole-model DDP
+    in both phases, BatchNorm statistics adapting in the fine-tune phase."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "tests" / "ddp_worker.py"), str(out), request.param],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return out, done.stdout, ranks
+
+
+def test_ranks_end_with_identical_weights_and_history(ddp_run):
+    _, _, (r0, r1) = ddp_run
+    assert r0["world"] == r1["world"] == 2
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    def strip(history):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+    assert strip(r0["history"]) == strip(r1["history"])                 # metrics reduced over ranks
+    assert [r["phase"] for r in r0["history"]] == ["warmup"] * 2 + ["finetune"] * 2
+
+
+def test_validation_counts_every_sample_once_across_ranks(ddp_run):
+    _, _, (r0, _) = ddp_run
+    m = model(seed=1)
+    m.load_state_dict(r0["state"])
+    single = evaluate(m, DataLoader(separable(45, seed=7), batch_size=8))
+    assert r0["history"][-1]["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
+    assert r0["history"][-1]["val_loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_only_rank_zero_prints_and_writes(ddp_run):
+    out, stdout, (r0, _) = ddp_run
+    epoch_lines = [line for line in stdout.splitlines() if "epoch " in line and "/4" in line]
+    assert len(epoch_lines) == 4
+    state = load_checkpoint(out / "ckpt" / LAST)
+    assert state["epoch"] == 4 and all(torch.equal(state["model"][k], r0["state"][k]) for k in r0["state"])
+    assert [p.name for p in (out / "ckpt").iterdir()] == [LAST]
+
+
+def test_warmup_on_cached_features_moves_only_the_head(ddp_run):
+    _, _, (r0, _) = ddp_run
+    assert set(r0["history"][0]["lr"]) == {"fc"}
