@@ -6,19 +6,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._checks import check_head_name, check_int, check_module, describe
-from .groups import layer_groups
-from .heads import head_names
+from .groups import head_parameters, split_layer_groups
 
 __all__ = ["freeze_backbone", "unfreeze", "head_parameters"]
-
-
-def head_parameters(model: nn.Module, *, head: str | None = None) -> list[nn.Parameter]:
-    """The parameters of the head and of any auxiliary classifiers."""
-    seen: dict[int, nn.Parameter] = {}
-    for name in head_names(model, head=head):
-        for p in model.get_submodule(name).parameters():
-            seen.setdefault(id(p), p)
-    return list(seen.values())
 
 
 def _set_trainable(model: nn.Module, trainable: set[int]) -> None:
@@ -97,9 +87,8 @@ def unfreeze(model: nn.Module, *, last: int | None = None, head: str | None = No
         return model
     check_int("last", last, minimum=0)
     trainable = {id(p) for p in head_parameters(model, head=head)}
-    groups = layer_groups(model, head=head)
-    backbone = [ps for _, ps in groups if not any(id(p) in trainable for p in ps)]
-    for params in backbone[len(backbone) - last:] if last else []:
+    backbone, _ = split_layer_groups(model, head=head)
+    for _, params in backbone[len(backbone) - last:] if last else []:
         trainable |= {id(p) for p in params}
     _set_trainable(model, trainable)
     return model

@@ -16,7 +16,7 @@ from torch import nn
 from ._checks import check_module
 from .heads import head_names
 
-__all__ = ["layer_groups"]
+__all__ = ["layer_groups", "split_layer_groups", "head_parameters"]
 
 _MIN_GROUPS = 5
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -114,18 +114,35 @@ def layer_groups(model: nn.Module, *, head: str | None = None) -> list[tuple[str
         >>> [n for n, _ in layer_groups(torchvision.models.resnet18())]
         ['conv1+bn1', 'layer1', 'layer2', 'layer3', 'layer4.0', 'layer4.1', 'fc']
     """
+    backbone, head_group = split_layer_groups(model, head=head)
+    return backbone + head_group
+
+
+def head_parameters(model: nn.Module, *, head: str | None = None) -> list[nn.Parameter]:
+    """The parameters of the head and of any auxiliary classifiers, each once."""
+    seen: dict[int, nn.Parameter] = {}
+    for name in head_names(model, head=head):
+        for p in model.get_submodule(name).parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def split_layer_groups(model: nn.Module, *, head: str | None = None) -> tuple[list, list]:
+    """``layer_groups`` as ``(backbone groups, [head group])``; the second list is empty when
+    the head has no parameters of its own."""
     check_module("model", model)
     heads = head_names(model, head=head)
     backbone = _merge(_expand(_units_of(model, "", heads), heads))
     seen: set[int] = set()
-    groups = []
-    for name, params in backbone + [("+".join(heads), [p for h in heads
-                                                        for p in model.get_submodule(h).parameters()])]:
-        unique = [p for p in params if id(p) not in seen and not seen.add(id(p))]
-        if unique:
-            groups.append((name, unique))
-    _check_partition(model, groups)
-    return groups
+
+    def unique(params: list) -> list:
+        return [p for p in params if id(p) not in seen and not seen.add(id(p))]
+
+    backbone = [(name, ps) for name, ps in ((n, unique(ps)) for n, ps in backbone) if ps]
+    head_params = unique(head_parameters(model, head=head))
+    head_group = [("+".join(heads), head_params)] if head_params else []
+    _check_partition(model, backbone + head_group)
+    return backbone, head_group
 
 
 def _check_partition(model: nn.Module, groups: list[tuple[str, list]]) -> None:

@@ -224,9 +224,9 @@ def replace_head(model: nn.Module, num_classes: int, *, head: str | None = None,
             raise ValueError(f"dropout must be in [0, 1) and needs num_classes > 0, got "
                              f"dropout={dropout!r} with num_classes={num_classes}")
     if head is None and _reset_timm(model, num_classes):
-        names = [find_head(model)[0]]
         if dropout is not None:
-            _set_submodule(model, names[0], DropoutHead(nn.Dropout(dropout), model.get_submodule(names[0])))
+            name, new = find_head(model)
+            _set_submodule(model, name, DropoutHead(nn.Dropout(dropout), new))
         return model
     names = head_names(model, head=head)
     for i, name in enumerate(names):

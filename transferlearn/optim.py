@@ -7,8 +7,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ._checks import check_float, check_head_name, check_module, describe
-from .freezing import head_parameters
-from .groups import layer_groups
+from .groups import split_layer_groups
 
 __all__ = ["param_groups", "backbone_lrs"]
 
@@ -81,10 +80,7 @@ def param_groups(model: nn.Module, *, head_lr: float,
     weight_decay = check_float("weight_decay", weight_decay)
     if not isinstance(trainable_only, bool):
         raise TypeError(f"trainable_only must be a bool, got {describe(trainable_only)}")
-    head_ids = {id(p) for p in head_parameters(model, head=head)}
-    groups = layer_groups(model, head=head)
-    backbone = [(n, ps) for n, ps in groups if not any(id(p) in head_ids for p in ps)]
-    heads = [(n, ps) for n, ps in groups if any(id(p) in head_ids for p in ps)]
+    backbone, heads = split_layer_groups(model, head=head)
     if backbone_lr is None:
         backbone_lr = head_lr / 10
     if isinstance(backbone_lr, (int, float)) and not isinstance(backbone_lr, bool):

@@ -28,8 +28,8 @@ from .batchnorm import freeze_bn_running_stats, unfreeze_bn_running_stats
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
 from .features import _inputs_targets, cached_batches, extract_features, is_deterministic
-from .freezing import freeze_backbone, head_parameters, unfreeze
-from .groups import layer_groups
+from .freezing import freeze_backbone, unfreeze
+from .groups import split_layer_groups
 from .heads import find_head
 from .history import History
 from .optim import param_groups
@@ -50,9 +50,8 @@ _DEFAULTS = {"warmup_epochs": 2, "finetune_epochs": 3, "head_lr": 1e-3, "backbon
 
 def _pin_early_bn(model: nn.Module, head: str | None) -> None:
     """Pin BatchNorm statistics in the first half of the backbone's layer groups."""
-    heads = {id(p) for p in head_parameters(model, head=head)}
-    backbone = [ps for _, ps in layer_groups(model, head=head) if not any(id(p) in heads for p in ps)]
-    early = {id(p) for ps in backbone[: len(backbone) // 2] for p in ps}
+    backbone, _ = split_layer_groups(model, head=head)
+    early = {id(p) for _, ps in backbone[: len(backbone) // 2] for p in ps}
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
                 any(id(p) in early for p in module.parameters(recurse=False)):
