@@ -51,30 +51,30 @@ class Distributed:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return device
 
-    def _loader(self, loader: DataLoader, dataset: Any, sampler: Any, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                          pin_memory=loader.pin_memory)
+    def _loader(self, loader: DataLoader, dataset: Any, sampler: Any, drop_last: bool,
+                batch_size: int | None = None) -> DataLoader:
+        """A loader like ``loader`` (batch size, workers, collate, pinning) over other indices."""
+        return DataLoader(dataset, batch_size=batch_size or loader.batch_size, sampler=sampler,
+                          drop_last=drop_last, num_workers=loader.num_workers,
+                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+    def _sampler(self, dataset: Any, *, shuffle: bool, drop_last: bool, seed: int = 0) -> DistributedSampler:
+        return DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=shuffle,
+                                  seed=seed, drop_last=drop_last)
 
     def shard_train(self, loader: Any, seed: int) -> Any:
         """This rank's share of the training data: equal-sized shards, reshuffled per epoch."""
         if not self.enabled or not isinstance(loader, DataLoader):
             return loader
-        sampler = DistributedSampler(loader.dataset, num_replicas=self.world, rank=self.rank,
-                                     shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
-                                     drop_last=loader.drop_last)
+        sampler = self._sampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler),
+                                drop_last=loader.drop_last, seed=seed)
         return self._loader(loader, loader.dataset, sampler, loader.drop_last)
 
     def ordered(self, loader: DataLoader) -> DataLoader:
         """The training data in a fixed order, for the feature cache: the whole dataset, or
         under torchrun this rank's equal-sized (padded) shard."""
-        sampler = None
-        if self.enabled:
-            sampler = DistributedSampler(loader.dataset, num_replicas=self.world, rank=self.rank,
-                                         shuffle=False, drop_last=False)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size or 1, sampler=sampler,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                          pin_memory=loader.pin_memory)
+        sampler = self._sampler(loader.dataset, shuffle=False, drop_last=False) if self.enabled else None
+        return self._loader(loader, loader.dataset, sampler, False, batch_size=loader.batch_size or 1)
 
     def shard_eval(self, loader: Any) -> Any:
         """This rank's share for evaluation: every ``world``-th sample, no padding."""
