@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and temporary eval mode."""
+"""Small shared helpers: atomic file writes, temporary eval mode, where a model runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
+import torch
 from torch import nn
 
 __all__: list[str] = []
@@ -44,3 +45,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+def run_device(model: nn.Module, device: object = None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter (cpu if none)."""
+    if device is not None:
+        return torch.device(device)
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

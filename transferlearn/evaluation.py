@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._checks import check_int, check_module, describe
-from ._io import eval_mode
+from ._io import eval_mode, run_device
 from ._runtime import Precision
 from .distributed import Distributed
 from .features import _inputs_targets
@@ -53,10 +53,6 @@ class _Tally:
         return loss / count, None if correct < 0 else correct / count
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 def _eval_batches(model: nn.Module, loader: Any, device: torch.device,
                   precision: Precision | None) -> Iterator[tuple[torch.Tensor, Any]]:
     """``(logits, targets)`` per batch in eval mode; every module's mode restored after."""
@@ -95,7 +91,7 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
     """
     check_module("model", model)
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = run_device(model, device)
     tally = _Tally()
     if distributed is not None:
         loader = distributed.shard_eval(loader)
@@ -127,7 +123,7 @@ def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any =
         ValueError: a tensor of the wrong rank, or ``batch_size < 1``.
     """
     check_module("model", model)
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = run_device(model, device)
     if isinstance(data, torch.Tensor):
         if data.ndim == 3:
             data = data.unsqueeze(0)

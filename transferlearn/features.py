@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from torchvision.transforms import _presets
 
 from ._checks import check_module, describe
-from ._io import eval_mode
+from ._io import eval_mode, run_device
 from .heads import find_head
 from .transforms import ImagePreprocess
 
@@ -107,8 +107,7 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
     if not hasattr(loader, "__iter__"):
         raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {describe(loader)}")
     _, head_module = find_head(model, head=head)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = run_device(model, device)
     captured: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     hook = head_module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
