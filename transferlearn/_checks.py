@@ -29,12 +29,35 @@ def check_module(name: str, value: Any) -> nn.Module:
     return value
 
 
-def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
-    """Raise unless ``value`` is an ``int`` (not ``bool``) of at least ``minimum``."""
+def check_int(name: str, value: Any, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """Raise unless ``value`` is an ``int`` (not ``bool``) in ``[minimum, maximum]``."""
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {describe(value)}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+        raise TypeError(f"{name} must be an int {bound}, got {describe(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an int {bound}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Raise ``TypeError`` unless ``value`` is exactly ``True`` or ``False`` (``0``/``1`` are not)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """Raise unless ``value`` is one of ``choices`` (bools and strings, matched by type too).
+
+    ``0``, ``1`` or ``None`` never stand in for ``False``/``True``: a value of another type
+    than the choices is a ``TypeError``; a bool or string that is not a choice a ``ValueError``.
+    """
+    names = [repr(c) for c in choices]
+    accepted = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    if not any(type(value) is type(c) and value == c for c in choices):
+        kinds = tuple({type(c) for c in choices})
+        error = ValueError if isinstance(value, kinds) else TypeError
+        raise error(f"{name} must be {accepted}, got {describe(value)}")
     return value
 
 
@@ -51,6 +74,11 @@ def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = F
             bound += f" and <= {maximum}"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """A seed torch, numpy and ``random`` all accept: an int in ``[0, 2**32 - 1]``."""
+    return check_int(name, value, maximum=2**32 - 1)
 
 
 def check_head_name(value: Any) -> str | None:
