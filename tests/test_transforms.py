@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, ViT_B_16_Weights
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
 
 from transferlearn import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 
@@ -51,6 +52,22 @@ def test_resnet50_v2_uses_232_and_explicit_arguments_win():
     tf = imagenet_transform(weights=ResNet50_Weights.IMAGENET1K_V2, size=64, resize=72,
                             interpolation=InterpolationMode.BICUBIC)
     assert (tf.size, tf.resize, tf.interpolation) == (64, 72, InterpolationMode.BICUBIC)
+
+
+@pytest.mark.parametrize("weights, size, resize", [(None, 64, 73), (None, 112, 128), (None, 224, 256),
+                                                   (ResNet50_Weights.IMAGENET1K_V2, 112, 116),
+                                                   (ResNet50_Weights.IMAGENET1K_V2, 14, 15)])   # 14.5 rounds up
+def test_size_alone_keeps_the_presets_resize_ratio(weights, size, resize):
+    tf = imagenet_transform(size=size, weights=weights)
+    assert (tf.size, tf.resize) == (size, resize)
+    preset = ImageClassification(crop_size=size, resize_size=resize,
+                                 interpolation=tf.interpolation)
+    img = photo(150, 190)
+    assert (tf(img) - preset(img)).abs().max() <= 1e-4
+
+
+def test_resize_alone_keeps_the_default_size():
+    assert (imagenet_transform(resize=300).size, imagenet_transform(resize=300).resize) == (224, 300)
 
 
 def test_resize_acts_on_the_shorter_side():
@@ -139,8 +156,14 @@ def test_output_shape_for_any_size_and_aspect(h, w, size, train, gray):
     (lambda: imagenet_transform("yes"), TypeError, r"train must be a bool, got 'yes' \(str\)"),
     (lambda: imagenet_transform(size=0), ValueError, r"size must be an int >= 1, got 0"),
     (lambda: imagenet_transform(resize=2.5), TypeError, r"resize must be an int >= 1, got 2.5"),
-    (lambda: imagenet_transform(mean=(0.5, 0.5)), ValueError, r"mean must be 3 per-channel numbers"),
-    (lambda: imagenet_transform(std=(1, 0, 1)), ValueError, r"std must be 3 per-channel numbers > 0"),
+    (lambda: imagenet_transform(mean=(0.5, 0.5)), ValueError, r"mean must be 3 finite per-channel numbers, got \(0.5, 0.5\)"),
+    (lambda: imagenet_transform(std=(1, 0, 1)), ValueError, r"std must be 3 finite per-channel numbers > 0"),
+    (lambda: imagenet_transform(mean=(float("nan"), 1, 1)), ValueError, r"mean must be 3 finite per-channel numbers, got \(nan, 1, 1\)"),
+    (lambda: imagenet_transform(std=(1, float("inf"), 1)), ValueError, r"std must be 3 finite per-channel numbers > 0, got \(1, inf, 1\)"),
+    (lambda: imagenet_transform(mean=(True, 0, 0)), ValueError, r"mean must be 3 finite per-channel numbers, got \(True, 0, 0\)"),
+    (lambda: imagenet_transform(mean="abc"), ValueError, r"mean must be 3 finite per-channel numbers, got 'abc' \(str\)"),
+    (lambda: imagenet_transform(size=0, resize=None), ValueError, r"size must be an int >= 1, got 0"),
+    (lambda: imagenet_transform(size=True), TypeError, r"size must be an int >= 1, got True"),
     (lambda: imagenet_transform(weights="Nope.X"), ValueError, r"weights='Nope.X' is not a torchvision weights name"),
     (lambda: imagenet_transform(weights=3), TypeError, r"weights must be a torchvision WeightsEnum member or its name, got 3"),
     (lambda: imagenet_transform(weights="FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1"), ValueError,

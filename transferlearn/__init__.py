@@ -10,6 +10,7 @@ from .freezing import freeze_backbone, unfreeze
 from .groups import layer_groups
 from .heads import find_head, replace_head
 from .history import History, plot_history
+from .images import ImageReadError, load_image
 from .models import install_weights, load_model
 from .optim import param_groups
 from .strategy import Strategy, recommend_strategy
@@ -22,6 +23,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "History",
+    "ImageReadError",
     "Strategy",
     "Trainer",
     "extract_features",
@@ -32,6 +34,7 @@ __all__ = [
     "install_weights",
     "is_bn_frozen",
     "layer_groups",
+    "load_image",
     "load_model",
     "param_groups",
     "plot_history",

@@ -8,6 +8,7 @@ model in the wrong shape.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -53,15 +54,19 @@ def to_rgb(img: Any) -> Image.Image | torch.Tensor:
     """Bring any supported image to 3 channels: a PIL ``RGB`` image or a (3, H, W) tensor.
 
     8-bit PIL modes (1, L, LA, P, RGBA, CMYK, ...) go through ``Image.convert("RGB")`` as
-    torchvision's ``ImageFolder`` loader does (alpha is dropped). 16-bit, 32-bit and float
-    modes (I;16, I, F) are scaled to [0, 1] by their range and become float tensors. Tensors
+    torchvision's ``ImageFolder`` loader does (alpha is dropped). 16-bit modes (I;16) are
+    divided by 65535 (a dark 16-bit scan stays dark); 32-bit and float modes (I, F) are
+    scaled to [0, 1] by the smallest of the ranges [0, 1], [0, 255], [0, 65535] that holds
+    their values (else by their min and max); both become float tensors. Tensors
     and numpy arrays may be (H, W), (1|3, H, W) or (H, W, 1|3); uint8 is scaled by 1/255.
     """
     if isinstance(img, Image.Image):
         if img.mode == "RGB":
             return img
         if img.mode in _HIGH_BIT_MODES:
-            return _tensor_rgb(torch.from_numpy(_unit_range(np.asarray(img))).float())
+            arr = np.asarray(img)
+            unit = arr.astype(np.float64) / 65535 if img.mode.startswith("I;16") else _unit_range(arr)
+            return _tensor_rgb(torch.from_numpy(unit).float())
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
         return img.convert("RGB")
@@ -121,9 +126,13 @@ def _weights_meta(weights: Any) -> dict[str, Any]:
 
 def _check_stats(name: str, value: Any) -> list[float]:
     ok = isinstance(value, (tuple, list, torch.Tensor)) and len(value) == 3
-    values = [float(v) for v in value] if ok else []
-    if not ok or (name == "std" and min(values) <= 0):
-        raise ValueError(f"{name} must be 3 per-channel numbers{' > 0' if name == 'std' else ''}, "
+    try:
+        values = [float(v) for v in value if not isinstance(v, bool)] if ok else []
+    except (TypeError, ValueError):
+        ok, values = False, []
+    ok = ok and len(values) == 3 and all(math.isfinite(v) for v in values) and (name != "std" or min(values) > 0)
+    if not ok:
+        raise ValueError(f"{name} must be 3 finite per-channel numbers{' > 0' if name == 'std' else ''}, "
                          f"got {describe(value)}")
     return values
 
@@ -143,7 +152,10 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
     Args:
         train: random augmentation for training instead of the deterministic eval pipeline.
         size: output side (default 224, or the weights' crop size).
-        resize: shorter side before the centre crop (default 256, or the weights' value).
+        resize: shorter side before the centre crop. Default: the weights' value (256
+            without weights) when ``size`` is not given; when ``size`` is given, the
+            preset's ratio is kept: ``round(size * preset_resize / preset_size)``, rounded
+            half up (``size=64`` -> 73 with the 256/224 preset).
         mean: per-channel mean (default ``IMAGENET_MEAN``, or the weights' value).
         std: per-channel std (default ``IMAGENET_STD``, or the weights' value).
         weights: a torchvision weights enum member (or its full name); its own sizes,
@@ -155,7 +167,8 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
 
     Raises:
         TypeError: wrong argument types.
-        ValueError: non-positive sizes, bad statistics or unknown weights.
+        ValueError: non-positive sizes, statistics that are not 3 finite numbers (std > 0),
+            or unknown weights.
 
     Example:
         >>> tf = imagenet_transform(weights=ResNet50_Weights.IMAGENET1K_V2)   # 232 -> 224
@@ -168,6 +181,9 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
                             "interpolation": InterpolationMode.BILINEAR}
     if weights is not None:
         meta.update(_weights_meta(weights))
+    if size is not None and resize is None:   # keep the preset's resize/crop ratio (256/224)
+        check_int("size", size, minimum=1)
+        resize = max(1, math.floor(size * meta["resize"] / meta["size"] + 0.5))
     given = {"size": size, "resize": resize, "mean": mean, "std": std, "interpolation": interpolation}
     meta.update({k: v for k, v in given.items() if v is not None})
     if not isinstance(meta["interpolation"], InterpolationMode):
