@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from transferlearn.checkpoint import LAST, load_checkpoint
+from transferlearn.checkpoint import BEST, LAST, load_checkpoint
 from transferlearn.evaluation import evaluate
 
 from .test_trainer import model, separable
@@ -56,9 +56,11 @@ def test_only_rank_zero_prints_and_writes(ddp_run):
     out, stdout, (r0, _) = ddp_run
     epoch_lines = [line for line in stdout.splitlines() if "epoch " in line and "/4" in line]
     assert len(epoch_lines) == 4
-    state = load_checkpoint(out / "ckpt" / LAST)
-    assert state["epoch"] == 4 and all(torch.equal(state["model"][k], r0["state"][k]) for k in r0["state"])
-    assert [p.name for p in (out / "ckpt").iterdir()] == [LAST]
+    assert load_checkpoint(out / "ckpt" / LAST)["epoch"] == 4
+    best = load_checkpoint(out / "ckpt" / BEST)                     # fit ends with the best epoch's weights
+    assert best["epoch"] == [r["epoch"] for r in r0["history"] if r["best"]][0]
+    assert all(torch.equal(best["model"][k], r0["state"][k]) for k in r0["state"])
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == [BEST, LAST]
 
 
 def test_warmup_on_cached_features_moves_only_the_head(ddp_run):

@@ -11,7 +11,7 @@ from torchvision.datasets import FakeData
 from torchvision.models import ResNet18_Weights
 
 from transferlearn import extract_features, imagenet_transform, replace_head
-from transferlearn.features import cached_batches, is_deterministic
+from transferlearn.features import FeatureCache, is_deterministic
 
 from .conftest import TinyNet
 
@@ -63,15 +63,27 @@ def test_is_deterministic(dataset, expected):
     assert is_deterministic(dataset) is expected
 
 
-@pytest.mark.parametrize("shuffle, drop_last, sizes", [(False, False, [4, 4, 2]), (True, True, [4, 4])])
-def test_cached_batches_follow_the_loader(shuffle, drop_last, sizes):
+@pytest.mark.parametrize("shuffle, drop_last", [(False, False), (True, True), (True, False)])
+def test_feature_cache_replays_exactly_the_batches_of_the_loader(shuffle, drop_last):
     data = TensorDataset(torch.arange(10.0), torch.arange(10))
-    like = DataLoader(data, batch_size=4, shuffle=shuffle, drop_last=drop_last)
-    batches = list(cached_batches(data, like))
-    assert [len(b[0]) for b in batches] == sizes
-    seen = torch.cat([b[1] for b in batches])
-    assert torch.equal(seen.sort().values, torch.arange(sum(sizes))) if not shuffle else len(set(seen.tolist())) == 8
-    assert all(torch.equal(b[0].long(), b[1]) for b in batches)        # features stay with labels
+    like = DataLoader(data, batch_size=4, shuffle=shuffle, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(3))
+    cache = FeatureCache(data.tensors[0] * 10, data.tensors[1], torch.arange(10))
+    state = like.generator.get_state()
+    expected = [(x * 10, y) for x, y in like]
+    after_loader = like.generator.get_state()
+    like.generator.set_state(state)
+    got = list(cache.batches(like))
+    assert len(got) == len(expected)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected))
+    assert torch.equal(like.generator.get_state(), after_loader)     # the same random numbers were drawn
+
+
+def test_feature_cache_refuses_an_index_it_did_not_extract():
+    data = TensorDataset(torch.arange(4.0), torch.arange(4))
+    cache = FeatureCache(torch.zeros(2), torch.zeros(2), torch.tensor([0, 1, -1, -1]))
+    with pytest.raises(ValueError, match="yielded an index whose features were not cached"):
+        list(cache.batches(DataLoader(data, batch_size=4)))
 
 
 def test_dropout_between_backbone_and_head_is_inactive_on_cached_features():

@@ -24,9 +24,32 @@ def test_records_have_the_documented_fields(history):
     assert len(history) == 3 and history[0]["epoch"] == 1 and history[-1]["phase"] == "finetune"
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert set(history[0]) == {"epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                               "lr", "seconds"}
+                               "lr", "seconds", "best"}
+    assert [r["best"] for r in history].count(True) == 1 and history.best["best"] is True
+    assert history.best["val_loss"] == min(r["val_loss"] for r in history)
     json.dumps(history.records())                    # plain values only
     assert isinstance(history[1:], list) and repr(history) == "History(3 epochs)"
+
+
+def test_json_is_strict_with_non_finite_numbers_as_null():
+    h = History([{"epoch": 1, "phase": "warmup", "train_loss": float("nan"), "val_loss": float("inf"),
+                  "lr": {"fc": 1e-3}}])
+    text = h.to_json()
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert back[0]["train_loss"] is None and back[0]["val_loss"] is None
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone(history, tmp_path):
+    import matplotlib
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")                     # a user's choice (a notebook's inline backend, say)
+    try:
+        plot_history(history, tmp_path / "h.png")
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_json_round_trip(history, tmp_path):

@@ -240,6 +240,12 @@ def test_exceptions_from_user_data_propagate_unchanged():
     ({"freeze_bn": "late"}, ValueError, r"freeze_bn must be True, False or 'early', got 'late'"),
     ({"unfreeze": -2}, ValueError, r"unfreeze must be an int >= 0, got -2"),
     ({"cache_features": "yes"}, ValueError, r"cache_features must be 'auto', True or False, got 'yes'"),
+    ({"cache_features": 1}, TypeError, r"cache_features must be 'auto', True or False, got 1 \(int\)"),
+    ({"freeze_bn": 1}, TypeError, r"freeze_bn must be True, False or 'early', got 1 \(int\)"),
+    ({"restore_best": 1}, TypeError, r"restore_best must be True or False, got 1 \(int\)"),
+    ({"monitor": "accuracy"}, ValueError, r"monitor must be 'val_loss' or 'val_accuracy', got 'accuracy'"),
+    ({"patience": 0}, ValueError, r"patience must be an int >= 1, got 0"),
+    ({"patience": 2}, ValueError, r"patience=2 needs a val_loader"),
     ({"strategy": "fine_tune_all"}, TypeError, r"strategy must be None or a Strategy"),
     ({"head_lr": -1.0}, ValueError, r"head_lr must be a finite number > 0.0, got -1.0"),
     ({"resume": True}, ValueError, r"resume=True needs checkpoint_dir"),
@@ -256,7 +262,11 @@ def test_fit_errors(kwargs, exc, pattern):
     ({"amp": "fp8"}, ValueError, r"amp must be False, True, 'bf16' or 'fp16', got 'fp8'"),
     ({"progress": "loud"}, ValueError, r"progress must be True, False, 'bar' or 'line', got 'loud'"),
     ({"grad_clip": 0}, ValueError, r"grad_clip must be a finite number > 0.0, got 0"),
-    ({"seed": "1"}, TypeError, r"seed must be an int >= 0, got '1'"),
+    ({"seed": "1"}, TypeError, r"seed must be an int in \[0, 4294967295\], got '1'"),
+    ({"seed": 2**32}, ValueError, r"seed must be an int in \[0, 4294967295\], got 4294967296"),
+    ({"amp": 0}, TypeError, r"amp must be False, True, 'bf16' or 'fp16', got 0 \(int\)"),
+    ({"progress": 0}, TypeError, r"progress must be True, False, 'bar' or 'line', got 0 \(int\)"),
+    ({"checkpoint_dir": 3}, TypeError, r"checkpoint_dir must be None or a folder path, got 3"),
     ({"device": "toaster"}, ValueError, r"device must be None, a torch.device or a name"),
     ({"head": "nope"}, ValueError, r"head='nope' is not a submodule of TinyNet"),
 ])
@@ -294,7 +304,8 @@ def test_loader_errors():
     with pytest.raises(ValueError, match="train_loader yielded no batches"):
         Trainer(model(), progress=False).fit([], warmup_epochs=0, finetune_epochs=1)
     batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))]
-    with pytest.raises(ValueError, match=r"cache_features=True needs train_loader to be a DataLoader, got \[\("):
+    with pytest.raises(ValueError, match=r"cache_features=True cannot replay this train_loader: train_loader is "
+                                         r"not a DataLoader \(got list\)"):
         Trainer(model(), progress=False).fit(batches, warmup_epochs=1, cache_features=True)
     history = Trainer(model(), progress=False).fit(batches, warmup_epochs=1, finetune_epochs=1)
     assert len(history) == 2                       # any iterable of batches trains (uncached)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
@@ -17,12 +18,19 @@ __all__: list[str] = []
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
 
-    A crash or an exception mid-write leaves whatever was at ``path`` intact, and no
-    temporary file behind.
+    An exception mid-write leaves whatever was at ``path`` intact, and no temporary file
+    behind; temporary files left by a process that was killed mid-write are removed by the next
+    write to the same path. The file gets the permissions of any new file (0o666 less the umask),
+    not the owner-only ones of ``tempfile.mkstemp``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    tmp = str(path.parent / f"{prefix}{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

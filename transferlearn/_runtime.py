@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from ._checks import describe
+from ._checks import check_choice, describe
 
 __all__: list[str] = []
 
@@ -33,8 +33,7 @@ class Precision:
     """Autocast and gradient scaling for ``amp``: bf16 on CPU; bf16 or fp16 + GradScaler on CUDA."""
 
     def __init__(self, amp: bool | str, device: torch.device) -> None:
-        if amp not in (False, True, "bf16", "fp16"):
-            raise ValueError(f"amp must be False, True, 'bf16' or 'fp16', got {describe(amp)}")
+        check_choice("amp", amp, (False, True, "bf16", "fp16"))
         self.device_type = device.type
         self.enabled = amp is not False
         if amp == "fp16" or (amp is True and device.type == "cuda" and not torch.cuda.is_bf16_supported()):
@@ -54,8 +53,7 @@ class Progress:
     """tqdm bars on a terminal, one summary line per epoch otherwise, nothing when off."""
 
     def __init__(self, mode: bool | str) -> None:
-        if mode not in (True, False, "bar", "line"):
-            raise ValueError(f"progress must be True, False, 'bar' or 'line', got {describe(mode)}")
+        check_choice("progress", mode, (True, False, "bar", "line"))
         if mode is True:
             mode = "bar" if sys.stderr.isatty() else "line"
         self.mode = mode

@@ -33,6 +33,11 @@ class _FrozenStats:
     def extra_repr(self) -> str:
         return super().extra_repr() + ", running_stats=frozen"  # type: ignore[misc]
 
+    def __reduce_ex__(self, protocol: int):
+        # Pickle as "the frozen twin of <original class>": a new process rebuilds the twin on
+        # load, so even a user's BatchNorm subclass, whose twin is made at freeze time, loads.
+        return _rebuild_frozen, (self._transferlearn_frozen_from,), self.__dict__.copy()
+
 
 _FROZEN_CLASSES: dict[type, type] = {}
 
@@ -49,6 +54,11 @@ def _frozen_class(cls: type) -> type:
         setattr(sys.modules[__name__], name, frozen)
         _FROZEN_CLASSES[cls] = frozen
     return _FROZEN_CLASSES[cls]
+
+
+def _rebuild_frozen(cls: type) -> nn.Module:
+    """Unpickling helper: an empty instance of ``cls``'s frozen twin (its state comes next)."""
+    return _frozen_class(cls).__new__(_frozen_class(cls))
 
 
 # The standard layers' twins exist from import on, so pickled models load in a new process.

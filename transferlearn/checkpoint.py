@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ._checks import describe
 from ._io import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "resolve_resume", "LAST"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_differences", "optimizer_layout",
+           "rng_state", "set_rng_state", "resolve_resume", "LAST", "BEST", "FORMAT"]
 
 LAST = "last.pt"
+BEST = "best.pt"
+FORMAT = 2
+_FIELDS = ("epoch", "next", "phase", "model", "optimizer", "optimizer_class", "groups", "scaler", "history",
+           "rng", "best")
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -55,11 +62,70 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from the file).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is empty, truncated or not a torch checkpoint; the message names it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (a crash while it was first written?); "
+                         "delete it to start afresh")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({reason}): it is truncated, "
+                         "damaged or not a torch checkpoint; delete it to start afresh") from error
+
+
+def _first(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def model_differences(saved: dict[str, Any], model: nn.Module) -> list[str]:
+    """Where a saved state dict does not fit ``model``: missing, unexpected, other shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != v.shape]
+    return ([f"missing {_first(missing)}"] if missing else []) + \
+        ([f"unexpected {_first(unexpected)}"] if unexpected else []) + \
+        ([f"shape {_first(shapes, 3)}"] if shapes else [])
+
+
+def optimizer_layout(optimizer: torch.optim.Optimizer) -> list[list[Any]]:
+    """The parameter-group layout a resumed optimizer must match: ``[name, n_params]`` each."""
+    return [[g.get("name", str(i)), len(g["params"])] for i, g in enumerate(optimizer.param_groups)]
+
+
+def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``ValueError`` (naming ``path`` and the first differences) unless ``state`` is a
+    training checkpoint of this library whose model and optimizer fit ``model`` and ``optimizer``.
+    Nothing is loaded: on any mismatch the model and optimizer are untouched."""
+    where = f"checkpoint {str(path)!r}"
+    if not isinstance(state, dict) or "format" not in state:
+        kind = "a plain state_dict" if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{where} is not a transferlearn training checkpoint (it looks like {kind}); "
+                         "load weights with model.load_state_dict, or resume from the last.pt a Trainer wrote")
+    if state["format"] != FORMAT:
+        raise ValueError(f"{where} has format {state['format']!r}; this version reads format {FORMAT}")
+    missing = [k for k in _FIELDS if k not in state]
+    if missing:
+        raise ValueError(f"{where} lacks the fields {missing}")
+    problems = model_differences(state["model"], model)
+    if state["optimizer_class"] != type(optimizer).__name__:
+        problems.append(f"optimizer {state['optimizer_class']} vs {type(optimizer).__name__}")
+    if state["groups"] != optimizer_layout(optimizer):
+        problems.append(f"parameter groups {state['groups']} vs {optimizer_layout(optimizer)}")
+    if problems:
+        raise ValueError(f"{where} does not fit this model and optimizer: " + "; ".join(problems) +
+                         ". Nothing was loaded; resume with the same model, head, optimizer and learning-rate "
+                         "layout, or start afresh in another checkpoint_dir")
 
 
 def resolve_resume(resume: Any, checkpoint_dir: Path | None) -> Path | None:

@@ -1,7 +1,9 @@
 """Data-parallel training under ``torchrun``: what the Trainer does when WORLD_SIZE > 1.
 
-One process per device. The training data is split with a ``DistributedSampler`` (equal
-shards, so every rank runs the same number of steps); the model, or the head alone when it
+One process per device. The training data is split with a ``DistributedSampler`` when the
+loader samples the whole dataset in order or shuffled, and otherwise by giving each rank every
+world-th element of the user's own sampler or batch_sampler stream (equal shards, so every
+rank runs the same number of steps; a custom sampler is never replaced); the model, or the head alone when it
 trains on cached features, is wrapped in ``DistributedDataParallel`` and wrapped again
 whenever the set of trainable parameters changes (DDP only synchronises the parameters that
 required grad when it was built). Adapting BatchNorm statistics are averaged over ranks
@@ -20,11 +22,55 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    Subset,
+)
 
 from .batchnorm import is_bn_frozen
+from .loaders import effective_sampler, rebuild_loader
 
-__all__ = ["Distributed"]
+__all__ = ["Distributed", "StrideSampler"]
+
+
+def _is_default_order(sampler: Any, dataset: Any) -> bool:
+    """A plain pass over the whole dataset: sequential, or shuffled without replacement."""
+    if type(sampler) is SequentialSampler:
+        return sampler.data_source is dataset
+    return (type(sampler) is RandomSampler and sampler.data_source is dataset and not sampler.replacement
+            and sampler._num_samples is None)
+
+
+class StrideSampler(Sampler):
+    """Every ``world``-th element of another sampler's stream (indices, or batches of a batch
+    sampler), starting at ``rank``; the stream is cut to a multiple of ``world`` first so that
+    every rank yields the same number of elements."""
+
+    def __init__(self, inner: Any, rank: int, world: int) -> None:
+        self.inner, self.rank, self.world = inner, rank, world
+
+    @property
+    def indices(self) -> Any:
+        """The dataset indices the inner sampler declares, if it does (see ``sampler_support``)."""
+        return getattr(self.inner, "indices", None) or getattr(getattr(self.inner, "sampler", None), "indices", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        if callable(getattr(self.inner, "set_epoch", None)):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        items = list(self.inner)
+        usable = len(items) - len(items) % self.world
+        return iter(items[self.rank:usable:self.world])
+
+    def __len__(self) -> int:
+        return len(self.inner) // self.world
 
 
 class Distributed:
@@ -51,42 +97,78 @@ class Distributed:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return device
 
-    def _loader(self, loader: DataLoader, dataset: Any, sampler: Any, drop_last: bool,
-                batch_size: int | None = None) -> DataLoader:
-        """A loader like ``loader`` (batch size, workers, collate, pinning) over other indices."""
-        return DataLoader(dataset, batch_size=batch_size or loader.batch_size, sampler=sampler,
-                          drop_last=drop_last, num_workers=loader.num_workers,
-                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+    def shard_train(self, loader: Any, seed: int | None) -> Any:
+        """This rank's share of the training data, with the loader's own sampling kept.
 
-    def _sampler(self, dataset: Any, *, shuffle: bool, drop_last: bool, seed: int = 0) -> DistributedSampler:
-        return DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=shuffle,
-                                  seed=seed, drop_last=drop_last)
-
-    def shard_train(self, loader: Any, seed: int) -> Any:
-        """This rank's share of the training data: equal-sized shards, reshuffled per epoch."""
-        if not self.enabled or not isinstance(loader, DataLoader):
+        The default samplers (shuffled or sequential over the whole dataset) become an
+        equivalent ``DistributedSampler``; a ``DistributedSampler`` the user set is kept as is;
+        any other sampler or batch_sampler is sharded faithfully: every rank draws the same
+        stream (which needs ``seed``) and takes every ``world``-th element of it (an index, or
+        a whole batch for a batch_sampler), cut to a multiple of ``world`` so that every rank
+        runs the same number of steps. The rebuilt loader keeps every other option.
+        """
+        if not self.enabled or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
             return loader
-        sampler = self._sampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler),
-                                drop_last=loader.drop_last, seed=seed)
-        return self._loader(loader, loader.dataset, sampler, loader.drop_last)
+        sampler = effective_sampler(loader)
+        if isinstance(sampler, DistributedSampler):
+            return loader
+        plain = type(loader.batch_sampler) is BatchSampler
+        if plain and _is_default_order(sampler, loader.dataset):
+            shard = DistributedSampler(loader.dataset, num_replicas=self.world, rank=self.rank,
+                                       shuffle=isinstance(sampler, RandomSampler), seed=seed or 0,
+                                       drop_last=loader.drop_last)
+            return rebuild_loader(loader, sampler=shard, drop_last=loader.drop_last)
+        if seed is None:
+            raise ValueError(
+                f"under torchrun the train_loader's {type(sampler if plain else loader.batch_sampler).__name__} "
+                "is sharded by giving each rank every world_size-th element of its stream, so every rank "
+                "must draw the same stream: pass Trainer(seed=...)")
+        if plain:
+            return rebuild_loader(loader, sampler=StrideSampler(sampler, self.rank, self.world),
+                                  drop_last=loader.drop_last)
+        return rebuild_loader(loader, batch_sampler=StrideSampler(loader.batch_sampler, self.rank, self.world))
 
-    def ordered(self, loader: DataLoader) -> DataLoader:
-        """The training data in a fixed order, for the feature cache: the whole dataset, or
-        under torchrun this rank's equal-sized (padded) shard."""
-        sampler = self._sampler(loader.dataset, shuffle=False, drop_last=False) if self.enabled else None
-        return self._loader(loader, loader.dataset, sampler, False, batch_size=loader.batch_size or 1)
+    def positions(self, n: int) -> list[int]:
+        """Positions ``rank, rank + world, ...`` of a list of ``n``, padded (with the last) so
+        that every rank has ``ceil(n / world)``; all of them when not distributed."""
+        if not self.enabled:
+            return list(range(n))
+        per = -(-n // self.world)
+        mine = list(range(self.rank, n, self.world))
+        return mine + [mine[-1] if mine else 0] * (per - len(mine))
+
+    def gather_positions(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """Inverse of ``positions``: every rank's rows, put back in list order (first ``n``)."""
+        if not self.enabled:
+            return rows
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else rows.device
+        local = rows.to(device).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(parts, local)
+        return torch.stack(parts, 1).flatten(0, 1)[:n].to(rows.device)
 
     def shard_eval(self, loader: Any) -> Any:
         """This rank's share for evaluation: every ``world``-th sample, no padding."""
         if not self.enabled or not isinstance(loader, DataLoader):
             return loader
         indices = range(self.rank, len(loader.dataset), self.world)
-        return self._loader(loader, Subset(loader.dataset, indices), None, False)
+        return rebuild_loader(loader, dataset=Subset(loader.dataset, indices))
 
-    def set_epoch(self, loader: Any, epoch: int) -> None:
-        sampler = getattr(loader, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
+    def all_true(self, flag: bool) -> bool:
+        """True when ``flag`` is true on every rank (a collective: every rank must call it)."""
+        if not self.enabled:
+            return flag
+        return self.sum([0.0 if flag else 1.0])[0] == 0.0
+
+    @staticmethod
+    def set_epoch(loader: Any, epoch: int) -> None:
+        """Call ``set_epoch`` on every sampler of ``loader`` that has one (the user's
+        DistributedSampler included, as Lightning does)."""
+        samplers = {id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
+                                       getattr(getattr(loader, "batch_sampler", None), "sampler", None))}
+        for sampler in samplers.values():
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``DistributedDataParallel`` over the parameters that are trainable now."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -11,7 +13,8 @@ from ._checks import check_int, check_module, describe
 from ._io import eval_mode, run_device
 from ._runtime import Precision
 from .distributed import Distributed
-from .features import _inputs_targets
+from .batches import split_batch
+from .heads import find_head
 
 __all__ = ["evaluate", "predict"]
 
@@ -53,13 +56,13 @@ class _Tally:
         return loss / count, None if correct < 0 else correct / count
 
 
-def _eval_batches(model: nn.Module, loader: Any, device: torch.device,
-                  precision: Precision | None) -> Iterator[tuple[torch.Tensor, Any]]:
+def _eval_batches(model: nn.Module, loader: Any, device: torch.device, precision: Precision | None,
+                  source: str = "loader") -> Iterator[tuple[torch.Tensor, Any]]:
     """``(logits, targets)`` per batch in eval mode; every module's mode restored after."""
     cast = precision or Precision(False, device)
     with eval_mode(model), torch.inference_mode(), cast.autocast():
         for batch in loader:
-            inputs, targets = _inputs_targets(batch)
+            inputs, targets = split_batch(batch, source=source)
             logits, _ = _split_outputs(model(inputs.to(device)))
             yield logits.float(), targets
 
@@ -75,7 +78,7 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
 
     Args:
         model: the network.
-        loader: yields ``(inputs, targets)`` batches.
+        loader: yields ``(inputs, targets)`` batches or dicts (see ``batches.split_batch``).
         criterion: the loss (default ``nn.CrossEntropyLoss()``), assumed to average a batch.
         device: where to run (default: the model's device).
         precision: autocast settings (the Trainer passes its own).
@@ -95,13 +98,25 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
     tally = _Tally()
     if distributed is not None:
         loader = distributed.shard_eval(loader)
-    for logits, targets in _eval_batches(model, loader, device, precision):
+    for logits, targets in _eval_batches(model, loader, device, precision, "loader"):
         if targets is None:
             raise ValueError("evaluate needs a loader of (inputs, targets) batches")
-        targets = torch.as_tensor(targets).to(device)
+        targets = targets.to(device)
         tally.add(float(criterion(logits, targets)), logits, targets)
     loss, accuracy = tally.result("loader yielded no batches: nothing to evaluate", distributed)
     return {"loss": loss, "accuracy": accuracy}
+
+
+def _num_outputs(model: nn.Module) -> int:
+    """Width of the model's output, read from its head (for an empty prediction)."""
+    _, head = find_head(model)
+    for attr in ("out_features", "out_channels"):
+        if isinstance(getattr(head, attr, None), int):
+            return getattr(head, attr)
+    last = [m for m in head.modules() if isinstance(getattr(m, "out_features", None), int)]
+    if not last:
+        raise ValueError(f"cannot tell the number of classes of {type(model).__name__} for an empty input")
+    return last[-1].out_features
 
 
 def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any = None,
@@ -110,20 +125,24 @@ def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any =
 
     Args:
         model: the network.
-        data: images shaped (N, C, H, W) or one (C, H, W), or a loader (labels ignored).
+        data: images shaped (N, C, H, W) or one (C, H, W) as a tensor or numpy array, or a
+            loader (labels ignored).
         batch_size: chunk size for a tensor input.
         device: where to run (default: the model's device).
         precision: autocast settings (the Trainer passes its own).
 
     Returns:
-        A float tensor (N, num_classes).
+        A float tensor (N, num_classes); (0, num_classes) for an empty input.
 
     Raises:
-        TypeError: ``data`` is neither a tensor nor iterable.
+        TypeError: ``data`` is neither a tensor nor iterable, or is a path or a string
+            (use ``load_classifier(...).predict`` for files).
         ValueError: a tensor of the wrong rank, or ``batch_size < 1``.
     """
     check_module("model", model)
     device = run_device(model, device)
+    if isinstance(data, np.ndarray):
+        data = split_batch(data, source="data")[0]
     if isinstance(data, torch.Tensor):
         if data.ndim == 3:
             data = data.unsqueeze(0)
@@ -131,7 +150,8 @@ def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any =
             raise ValueError(f"data must be images shaped (N, C, H, W) or (C, H, W), got {tuple(data.shape)}")
         check_int("batch_size", batch_size, minimum=1)
         data = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
-    elif not hasattr(data, "__iter__"):
-        raise TypeError(f"data must be a tensor or an iterable of batches, got {describe(data)}")
-    probs = [logits.softmax(1).cpu() for logits, _ in _eval_batches(model, data, device, precision)]
-    return torch.cat(probs) if probs else torch.empty(0)
+    elif isinstance(data, (str, bytes, os.PathLike)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a tensor or an iterable of batches, got {describe(data)}; files are "
+                        "predicted with load_classifier(...).predict(paths), which knows the preprocessing")
+    probs = [logits.softmax(1).cpu() for logits, _ in _eval_batches(model, data, device, precision, "data")]
+    return torch.cat(probs) if probs else torch.empty(0, _num_outputs(model))

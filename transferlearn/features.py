@@ -10,8 +10,6 @@ from torch.utils.data import (
     ConcatDataset,
     DataLoader,
     Dataset,
-    DistributedSampler,
-    RandomSampler,
     Subset,
     TensorDataset,
 )
@@ -20,10 +18,13 @@ from torchvision.transforms import _presets
 
 from ._checks import check_module, describe
 from ._io import eval_mode, run_device
+from .batches import split_batch
+from .distributed import Distributed
 from .heads import find_head
+from .loaders import index_batches, rebuild_loader, sampler_support
 from .transforms import ImagePreprocess
 
-__all__ = ["extract_features", "is_deterministic", "cached_batches"]
+__all__ = ["extract_features", "is_deterministic", "FeatureCache", "build_cache"]
 
 # Transforms whose output depends only on their input (no random numbers drawn).
 _DETERMINISTIC = (T.Resize, T.CenterCrop, T.ToTensor, T.PILToTensor, T.ConvertImageDtype,
@@ -50,11 +51,15 @@ def _transform_ok(transform: Any) -> bool:
 def is_deterministic(dataset: Dataset) -> bool:
     """True when every item of ``dataset`` is the same each time it is read.
 
-    Known to be: ``TensorDataset``; datasets whose ``transform`` (and ``target_transform``)
+    Known to be: a dataset with a boolean ``deterministic`` attribute says so itself
+    (``load_image_folder``'s splits do); ``TensorDataset``; datasets whose ``transform`` (and ``target_transform``)
     is ``None``, an eval ``imagenet_transform`` or a composition of torchvision's
     deterministic transforms (Resize, CenterCrop, ToTensor, Normalize, ...); ``Subset`` and
     ``ConcatDataset`` of those. Anything else is assumed random.
     """
+    flag = getattr(dataset, "deterministic", None)
+    if isinstance(flag, bool):
+        return flag
     if isinstance(dataset, TensorDataset):
         return True
     if isinstance(dataset, Subset):
@@ -66,12 +71,6 @@ def is_deterministic(dataset: Dataset) -> bool:
     if getattr(dataset, "transforms", None) is not None and not hasattr(dataset.transforms, "transform"):
         return False  # a joint (image, target) transform we cannot inspect
     return _transform_ok(dataset.transform) and _transform_ok(getattr(dataset, "target_transform", None))
-
-
-def _inputs_targets(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
 
 
 def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None = None,
@@ -87,7 +86,7 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
 
     Args:
         model: the network (typically with a frozen backbone).
-        loader: yields ``(inputs, labels)`` batches (or inputs alone).
+        loader: yields ``(inputs, labels)`` batches, inputs alone, or dicts (see ``batches``).
         head: explicit dotted name of the head (see ``find_head``).
         device: where to run; default: the device of the model's first parameter.
 
@@ -114,7 +113,7 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
     try:
         with eval_mode(model), torch.inference_mode():
             for batch in loader:
-                inputs, targets = _inputs_targets(batch)
+                inputs, targets = split_batch(batch)
                 model(inputs.to(device))
                 if targets is not None:
                     labels.append(torch.as_tensor(targets).cpu())
@@ -126,17 +125,49 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
     return TensorDataset(features, torch.cat(labels)) if labels else TensorDataset(features)
 
 
-def cached_batches(features: TensorDataset, like: DataLoader) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches of cached features shaped like ``like`` would give: its batch size,
-    ``drop_last`` and shuffling (drawn from its generator, else the global torch RNG)."""
-    n = len(features)
-    batch_size = like.batch_size or n
-    sampler = like.sampler
-    if isinstance(sampler, RandomSampler) or (isinstance(sampler, DistributedSampler) and sampler.shuffle):
-        order = torch.randperm(n, generator=like.generator or getattr(like.sampler, "generator", None))
-    else:
-        order = torch.arange(n)
-    stop = n - n % batch_size if like.drop_last else n
-    for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
-        yield tuple(t[idx] for t in features.tensors)
+class FeatureCache:
+    """Backbone features of the samples a loader can draw, replayed in the loader's own order.
+
+    ``features[rows[i]]`` and ``targets[rows[i]]`` belong to dataset index ``i``; ``rows`` is
+    -1 for indices that were not extracted (outside the sampler's declared support).
+    """
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> None:
+        self.features, self.targets, self.rows = features, targets, rows
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def batches(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches ``loader`` would give, drawn from its own sampler / batch_sampler."""
+        for indices in index_batches(loader):
+            rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
+            if bool((rows < 0).any()):
+                raise ValueError("the train_loader's sampler yielded an index whose features were not "
+                                 "cached (its `indices` changed after fit started?)")
+            yield self.features[rows], self.targets[rows]
+
+
+def build_cache(model: nn.Module, loader: DataLoader, *, head: str | None, device: torch.device,
+                dist: Distributed) -> FeatureCache:
+    """Extract features once for every sample ``loader`` can draw (all of the dataset, or the
+    sampler's ``indices``), in dataset order and with every option of the loader kept, without
+    disturbing any random state; under torchrun each rank extracts a share and all gather."""
+    support = sampler_support(loader)
+    indices = list(range(len(loader.dataset))) if support is None else support
+    if not indices:
+        raise ValueError("train_loader's sampler declares no indices: nothing to train on")
+    mine = [indices[p] for p in dist.positions(len(indices))]
+    ordered = rebuild_loader(loader, sampler=mine)
+    generator = loader.generator
+    saved = generator.get_state() if generator is not None else None
+    with torch.random.fork_rng(devices=[]):
+        extracted = extract_features(model, ordered, head=head, device=device)
+    if generator is not None:
+        generator.set_state(saved)
+    if len(extracted.tensors) < 2:
+        raise ValueError("train_loader must yield (inputs, targets) batches")
+    features, targets = (dist.gather_positions(t, len(indices)) for t in extracted.tensors)
+    rows = torch.full((len(loader.dataset),), -1, dtype=torch.long)
+    rows[torch.as_tensor(indices)] = torch.arange(len(indices))
+    return FeatureCache(features, targets, rows)

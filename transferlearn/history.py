@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,13 +49,25 @@ class History(Sequence):
     def __repr__(self) -> str:
         return f"History({len(self)} epochs)"
 
+    def mark_best(self, epoch: int) -> None:
+        """Set ``best`` on every validated record: True for ``epoch``, False for the others."""
+        for record in self._records:
+            if "val_loss" in record:
+                record["best"] = record["epoch"] == epoch
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The record of the best validation epoch (the weights ``fit`` ended with), or None."""
+        return next((r for r in self._records if r.get("best") is True), None)
+
     def records(self) -> list[dict[str, Any]]:
         """A copy of the records as a list of dicts."""
         return [dict(r) for r in self._records]
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
-        """The records as a JSON list; also written to ``path`` when given."""
-        text = json.dumps(self._records, indent=1)
+        """The records as strict JSON (a non-finite number is written as ``null``); also
+        written to ``path`` when given."""
+        text = json.dumps(_finite(self._records), indent=1, allow_nan=False)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -90,6 +103,17 @@ class History(Sequence):
         return cls([_unflatten(row) for row in csv.DictReader(io.StringIO(text))])
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _flatten(record: dict[str, Any]) -> dict[str, Any]:
     flat = {k: v for k, v in record.items() if k != "lr"}
     flat.update({_LR + name: lr for name, lr in record.get("lr", {}).items()})
@@ -99,6 +123,8 @@ def _flatten(record: dict[str, Any]) -> dict[str, Any]:
 def _parse(text: str) -> Any:
     if text == "":
         return None
+    if text in ("True", "False"):
+        return text == "True"
     for kind in (int, float):
         try:
             return kind(text)
@@ -145,16 +171,17 @@ def plot_history(history: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[
         ValueError: a history is empty.
     """
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError("plot_history needs matplotlib: pip install 'transferlearn[plot]'") from None
     runs = dict(history) if isinstance(history, Mapping) else {"": history}
     if not runs or any(len(h) == 0 for h in runs.values()):
         raise ValueError("history is empty: nothing to plot")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))  # no pyplot: the user's matplotlib backend is left alone
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for label, run in runs.items():
             epochs = [r["epoch"] for r in run]
@@ -172,5 +199,4 @@ def plot_history(history: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

@@ -11,6 +11,7 @@ before the warm-up; frozen parameters have no gradient, so it skips them until u
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -19,20 +20,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from ._checks import check_float, check_head_name, check_int, check_module, describe
+from ._checks import check_choice, check_float, check_head_name, check_int, check_module, check_seed, describe
 from ._runtime import Precision, Progress, pick_device
+from .batches import split_batch
 from .batchnorm import freeze_bn_running_stats, unfreeze_bn_running_stats
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .features import _inputs_targets, cached_batches, extract_features, is_deterministic
+from .features import FeatureCache, build_cache, is_deterministic
 from .freezing import freeze_backbone, unfreeze
 from .groups import split_layer_groups
 from .heads import find_head
 from .history import History
+from .loaders import not_cacheable
 from .optim import param_groups
+from .selection import BestEpoch
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
@@ -99,7 +102,9 @@ class Trainer:
         self.precision = Precision(amp, self.device)
         self.grad_clip = None if grad_clip is None else check_float("grad_clip", grad_clip, strict=True)
         self.progress = Progress(progress if self.dist.is_main else False)
-        self.seed = None if seed is None else check_int("seed", seed)
+        self.seed = None if seed is None else check_seed("seed", seed)
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir must be None or a folder path, got {describe(checkpoint_dir)}")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.make_optimizer = optimizer if optimizer is not None else torch.optim.AdamW
@@ -112,7 +117,8 @@ class Trainer:
             finetune_epochs: int = _UNSET, head_lr: float = _UNSET, backbone_lr: Any = _UNSET,
             weight_decay: float = _UNSET, freeze_bn: bool | str = _UNSET, unfreeze: int | None = _UNSET,
             cache_features: bool | str = "auto", strategy: Strategy | None = None,
-            resume: bool | str | Path = False) -> History:
+            resume: bool | str | Path = False, monitor: str = "val_loss", patience: int | None = None,
+            restore_best: bool = True) -> History:
         """Warm the head up with the backbone frozen, then fine-tune; return the history.
 
         Defaults: ``warmup_epochs=2, finetune_epochs=3, head_lr=1e-3, backbone_lr=None``
@@ -120,57 +126,96 @@ class Trainer:
         supplies these settings; arguments given explicitly win over it. ``freeze_bn`` is
         ``True``, ``False`` or ``"early"`` (first half of the backbone pinned).
         ``cache_features``: ``"auto"`` caches warm-up features when the training data is
-        deterministic (``features.is_deterministic``), ``True`` forces, ``False`` never.
+        deterministic (``features.is_deterministic``) and its batches can be replayed (a
+        DataLoader over a map-style dataset with the default collate), ``True`` forces (an
+        error when they cannot be replayed), ``False`` never. The cache replays the loader's own
+        sampler or batch_sampler every epoch, so a subset, weighted or batch sampler trains on
+        exactly what it would draw uncached.
         ``resume``: ``True`` continues from ``checkpoint_dir/last.pt`` if present,
-        a path continues from that file.
+        a path continues from that file; the checkpoint is checked against the model and
+        optimizer before anything is loaded.
+        With ``val_loader``, the model ends with the weights of the best epoch by ``monitor``
+        (``"val_loss"``, lower is better; or ``"val_accuracy"``, ties to the lower loss; the
+        earliest of equal epochs) unless ``restore_best=False``; ``patience=N`` ends a phase
+        after N epochs without a new best. See ``selection``.
 
         Returns:
-            The ``History``, one record per epoch (also kept as ``trainer.history``). The
-            model is left in eval mode, with the last phase's trainable parameters and
-            BatchNorm policy.
+            The ``History``, one record per epoch (also kept as ``trainer.history``); with
+            validation, the best epoch's record has ``best=True``. The model is left in eval
+            mode, with the last phase's trainable parameters and BatchNorm policy.
 
         Raises:
-            TypeError, ValueError: bad settings; FileNotFoundError: ``resume`` path missing.
+            TypeError, ValueError: bad settings, or a checkpoint that does not fit;
+            FileNotFoundError: ``resume`` path missing; FloatingPointError: a non-finite loss,
+            gradient norm or weight (the run stops; the last checkpoint stays the last good one).
         """
         explicit = {"warmup_epochs": warmup_epochs, "finetune_epochs": finetune_epochs, "head_lr": head_lr,
                     "backbone_lr": backbone_lr, "weight_decay": weight_decay, "freeze_bn": freeze_bn,
                     "unfreeze": unfreeze}
         cfg = self._settings(strategy, {k: v for k, v in explicit.items() if v is not _UNSET})
         use_cache = self._use_cache(cache_features, train_loader, cfg["warmup_epochs"])
-        if self.seed is not None:
-            torch.manual_seed(self.seed)
-            random.seed(self.seed)
-            np.random.seed(self.seed)
+        best = self._best_tracker(val_loader, monitor, patience, restore_best)
+        self._seed_everything()
         self.optimizer = self.make_optimizer(param_groups(
             self.model, head_lr=cfg["head_lr"], backbone_lr=cfg["backbone_lr"],
             weight_decay=cfg["weight_decay"], head=self.head))
         plan = ["warmup"] * cfg["warmup_epochs"] + ["finetune"] * cfg["finetune_epochs"]
-        train_loader = self.dist.shard_train(train_loader, seed=self.seed or 0)
+        train_loader = self.dist.shard_train(train_loader, seed=self.seed)
         generator = getattr(train_loader, "generator", None) or \
             getattr(getattr(train_loader, "sampler", None), "generator", None)
-        history, start = self._restore(resume, plan, generator)
-        cache = None
-        for epoch in range(start, len(plan)):
+        history, epoch = self._restore(resume, plan, generator, best)
+        cache, entered = None, None
+        while epoch < len(plan):
             phase = plan[epoch]
-            if epoch == start or phase != plan[epoch - 1]:
-                self._enter_phase(phase, cfg, cached=use_cache and phase == "warmup")
+            if entered != phase:
+                entered = self._enter_phase(phase, cfg, cached=use_cache and phase == "warmup", best=best)
             if phase == "warmup" and use_cache and cache is None:
-                cache = self._features(train_loader, generator)
+                cache = build_cache(self.model, train_loader, head=self.head, device=self.device, dist=self.dist)
             self.dist.set_epoch(train_loader, epoch)
             record = self._epoch(epoch, plan, train_loader, val_loader, cache if phase == "warmup" else None)
+            if val_loader is not None:
+                record["best"] = best.update(record, self.model)
+            epoch += 1
+            if best.should_stop():
+                record["stopped_early"] = True
+                epoch = plan.index("finetune", epoch) if phase == "warmup" and "finetune" in plan[epoch:] \
+                    else len(plan)
             history.append(record)
             self.progress.epoch(record, len(plan))
-            self._save(epoch + 1, phase, history, generator)
-        self.model.eval()  # ready for inference: no one forgets eval() after fit
-        self.history = history
+            self._save(epoch, phase, history, generator, best)
+        if entered is None:  # a finished run resumed: leave the model as that run left it
+            self._enter_phase(plan[-1], cfg, cached=False, best=best)
+        self._finish(history, best, restore_best and val_loader is not None)
         return history
 
+    def _finish(self, history: History, best: BestEpoch, restore: bool) -> None:
+        if best.epoch is not None:
+            history.mark_best(best.epoch)
+            if restore and best.state is not None:
+                self.model.load_state_dict(best.state)
+        self.model.eval()  # ready for inference: no one forgets eval() after fit
+        self.history = history
+
+    def _seed_everything(self) -> None:
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+
+    def _best_tracker(self, val_loader: Any, monitor: Any, patience: Any, restore_best: Any) -> BestEpoch:
+        check_choice("restore_best", restore_best, (True, False))
+        best = BestEpoch(monitor, patience)
+        if patience is not None and val_loader is None:
+            raise ValueError(f"patience={patience} needs a val_loader to measure improvement")
+        return best
+
     def _epoch(self, epoch: int, plan: list[str], train_loader: Any, val_loader: Any,
-               cache: Any) -> dict[str, Any]:
+               cache: FeatureCache | None) -> dict[str, Any]:
         """Train one epoch (on cached features when given), validate, return its record."""
         began = time.perf_counter()
         phase = plan[epoch]
-        loss, accuracy = self._train_epoch(train_loader, cache, f"epoch {epoch + 1}/{len(plan)} {phase}")
+        where = f"epoch {epoch + 1}/{len(plan)} {phase}"
+        loss, accuracy = self._train_epoch(train_loader, cache, where)
         self.dist.sync_buffers(self.model)
         record = {"epoch": epoch + 1, "phase": phase, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
@@ -189,24 +234,25 @@ class Trainer:
         check_int("finetune_epochs", cfg["finetune_epochs"])
         if cfg["warmup_epochs"] + cfg["finetune_epochs"] == 0:
             raise ValueError("warmup_epochs and finetune_epochs are both 0: nothing to train")
-        if cfg["freeze_bn"] not in (True, False, "early"):
-            raise ValueError(f"freeze_bn must be True, False or 'early', got {describe(cfg['freeze_bn'])}")
+        check_choice("freeze_bn", cfg["freeze_bn"], (True, False, "early"))
         if cfg["unfreeze"] is not None:
             check_int("unfreeze", cfg["unfreeze"])
         return cfg
 
     def _use_cache(self, cache_features: Any, loader: Any, warmup_epochs: int) -> bool:
-        if cache_features not in ("auto", True, False):
-            raise ValueError(f"cache_features must be 'auto', True or False, got {describe(cache_features)}")
-        if cache_features is True and not isinstance(loader, DataLoader):
-            raise ValueError(f"cache_features=True needs train_loader to be a DataLoader, got {describe(loader)}")
+        check_choice("cache_features", cache_features, ("auto", True, False))
+        reason = not_cacheable(loader)
+        if cache_features is True and reason is not None:
+            raise ValueError(f"cache_features=True cannot replay this train_loader: {reason}; "
+                             "pass cache_features=False")
         if cache_features == "auto":
-            return warmup_epochs > 0 and isinstance(loader, DataLoader) and is_deterministic(loader.dataset)
-        return bool(cache_features) and warmup_epochs > 0
+            return warmup_epochs > 0 and reason is None and is_deterministic(loader.dataset)
+        return cache_features is True and warmup_epochs > 0
 
     # -------------------------------------------------------------------------- phases
-    def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool) -> None:
+    def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool, best: BestEpoch) -> str:
         self._forward = self.model  # drop an old DDP wrapper before the trainable set changes
+        best.new_phase()
         if phase == "warmup":
             freeze_backbone(self.model, head=self.head)
             freeze_bn_running_stats(self.model)
@@ -221,34 +267,21 @@ class Trainer:
         # DDP syncs what is trainable when it is built: the head alone on cached features
         target = self.model.get_submodule(find_head(self.model, head=self.head)[0]) if cached else self.model
         self._forward = self.dist.wrap(target, self.device)
-
-    def _features(self, loader: DataLoader, generator: torch.Generator | None):
-        """Backbone features once, in dataset order, without disturbing any random state
-        (so a resumed run caches exactly what the uninterrupted one did)."""
-        ordered = self.dist.ordered(loader)
-        saved = generator.get_state() if generator is not None else None
-        with torch.random.fork_rng(devices=[]):
-            features = extract_features(self.model, ordered, head=self.head, device=self.device)
-        if generator is not None:
-            generator.set_state(saved)
-        if len(features.tensors) < 2:
-            raise ValueError("train_loader must yield (inputs, targets) batches")
-        return features
+        return phase
 
     # ---------------------------------------------------------------------------- loop
-    def _train_epoch(self, loader: Any, cache: Any, desc: str) -> tuple[float, float | None]:
+    def _train_epoch(self, loader: Any, cache: FeatureCache | None, where: str) -> tuple[float, float | None]:
         self.model.train()
         if cache is not None:
-            bs = loader.batch_size or len(cache)
-            batches: Any = cached_batches(cache, loader)
-            total = len(cache) // bs if loader.drop_last else math.ceil(len(cache) / bs)
+            batches: Any = cache.batches(loader)
+            total = len(loader.batch_sampler) if hasattr(loader.batch_sampler, "__len__") else None
         else:
             batches = loader
             total = len(loader) if hasattr(loader, "__len__") else None
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         tally = _Tally()
-        for batch in self.progress.batches(batches, total, desc):
-            inputs, targets = _inputs_targets(batch)
+        for step, batch in enumerate(self.progress.batches(batches, total, where)):
+            inputs, targets = split_batch(batch, source="train_loader")
             if targets is None:
                 raise ValueError("train_loader must yield (inputs, targets) batches")
             inputs, targets = inputs.to(self.device), targets.to(self.device)
@@ -256,16 +289,33 @@ class Trainer:
                 logits, aux = _split_outputs(self._forward(inputs))
                 loss = self.criterion(logits, targets)
                 loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
-            self.optimizer.zero_grad(set_to_none=True)
-            scaler = self.precision.scaler
-            scaler.scale(loss).backward()
-            if self.grad_clip is not None:
-                scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip)
-            scaler.step(self.optimizer)
-            scaler.update()
-            tally.add(float(loss.detach()), logits, targets)
+            value = float(loss.detach())
+            self._check_finite(math.isfinite(value), f"loss {value}", where, step)
+            self._step(loss, trainable, where, step)
+            tally.add(value, logits, targets)
         return tally.result("train_loader yielded no batches", self.dist)
+
+    def _step(self, loss: torch.Tensor, trainable: list[torch.Tensor], where: str, step: int) -> None:
+        """Backward, optional clipping (a non-finite norm stops the run unless a GradScaler is
+        handling fp16 overflow), optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.precision.scaler
+        scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            scaler.unscale_(self.optimizer)
+            norm = float(torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip))
+            self._check_finite(math.isfinite(norm) or scaler.is_enabled(), f"gradient norm {norm}", where, step)
+        scaler.step(self.optimizer)
+        scaler.update()
+
+    def _check_finite(self, finite: bool, what: str, where: str, step: int) -> None:
+        if not self.dist.all_true(finite):
+            kept = f"; {self.checkpoint_dir / ckpt.LAST} still holds the last good epoch" \
+                if self.checkpoint_dir is not None else ""
+            raise FloatingPointError(
+                f"non-finite {what if finite is False else 'value on another rank'} in {where}, batch {step + 1}: "
+                f"the run stops before the optimizer step{kept}. Look for NaN/inf in the inputs or targets, or "
+                "lower the learning rate (or set grad_clip)")
 
     # ---------------------------------------------------------------------- evaluation
     def evaluate(self, loader: Any) -> dict[str, float | None]:
@@ -278,28 +328,49 @@ class Trainer:
         return predict(self.model, data, batch_size=batch_size, device=self.device, precision=self.precision)
 
     # --------------------------------------------------------------------- checkpoints
-    def _save(self, epoch: int, phase: str, history: History, generator: Any) -> None:
+    def _save(self, next_epoch: int, phase: str, history: History, generator: Any, best: BestEpoch) -> None:
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(f"non-finite weights after epoch {history[-1]['epoch']} ({', '.join(bad[:3])}); "
+                                     "the run stops and no checkpoint is written. Lower the learning rate "
+                                     "or set grad_clip")
         if self.checkpoint_dir is None:
             return
-        if self.dist.is_main:  # rank 0 alone writes; the others wait for the file
+        if self.dist.is_main:  # rank 0 alone writes; the others wait for the files
+            if best.epoch == history[-1]["epoch"]:
+                ckpt.save_checkpoint(self.checkpoint_dir / ckpt.BEST, {"epoch": best.epoch, "model": best.state})
             ckpt.save_checkpoint(self.checkpoint_dir / ckpt.LAST, {
-                "format": 1, "epoch": epoch, "phase": phase, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scaler": self.precision.scaler.state_dict(),
-                "history": history.records(), "rng": ckpt.rng_state(generator)})
+                "format": ckpt.FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "optimizer_class": type(self.optimizer).__name__, "groups": ckpt.optimizer_layout(self.optimizer),
+                "scaler": self.precision.scaler.state_dict(), "history": history.records(),
+                "rng": ckpt.rng_state(generator), "best": best.summary()})
         self.dist.barrier()
 
-    def _restore(self, resume: Any, plan: list[str], generator: Any) -> tuple[History, int]:
+    def _restore(self, resume: Any, plan: list[str], generator: Any, best: BestEpoch) -> tuple[History, int]:
+        """Continue from a checkpoint: checked against this run before anything is loaded."""
         path = ckpt.resolve_resume(resume, self.checkpoint_dir)
         if path is None:
             return History(), 0
         state = ckpt.load_checkpoint(path)
+        ckpt.check_resumable(state, path, self.model, self.optimizer)
         epoch = state["epoch"]
-        if epoch > len(plan) or plan[epoch - 1] != state["phase"]:
+        if epoch > len(plan) or plan[epoch - 1] != state["phase"] or state["next"] > len(plan):
             raise ValueError(f"checkpoint {str(path)!r} ended epoch {epoch} in phase {state['phase']!r}, "
                              f"which does not fit this run's plan of {plan.count('warmup')} warm-up and "
                              f"{plan.count('finetune')} fine-tune epochs")
+        best_state = None
+        if state["best"]["epoch"] is not None:
+            best_file = path.parent / ckpt.BEST
+            saved = ckpt.load_checkpoint(best_file) if best_file.is_file() else {}
+            if saved.get("epoch") != state["best"]["epoch"]:
+                raise ValueError(f"checkpoint {str(path)!r} names epoch {state['best']['epoch']} as best, but "
+                                 f"{str(best_file)!r} does not hold it; resume with restore_best=False after "
+                                 "moving last.pt to a fresh folder, or start afresh")
+            best_state = saved["model"]
+        best.restore(state["best"], best_state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"], generator)
-        return History(state["history"]), epoch
+        return History(state["history"]), state["next"]
