@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +164,72 @@ def test_timm_distilled_model_has_two_heads():
     freeze_backbone(model)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+
+
+def test_load_model_records_how_it_was_built():
+    import copy
+    import pickle
+    model = load_model("resnet18", weights=None, num_classes=3, zero_init_residual=True)
+    assert model.transferlearn_arch == "resnet18" and model.transferlearn_weights is None
+    assert model.transferlearn_kwargs == {"zero_init_residual": True}
+    assert not any("transferlearn" in key for key in model.state_dict())
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.transferlearn_arch == "resnet18"
+        assert clone.transferlearn_kwargs == {"zero_init_residual": True}
+
+
+def test_load_model_records_the_weights_full_name(mobilenet_weights):
+    model = load_model("mobilenet_v2", weights="IMAGENET1K_V1")
+    assert model.transferlearn_weights == "MobileNet_V2_Weights.IMAGENET1K_V1"
+    assert load_model("mobilenet_v2", weights=mobilenet_weights).transferlearn_weights == \
+        "MobileNet_V2_Weights.IMAGENET1K_V1"
+
+
+def _fake_hf_cache(root, repo: str, filename: str, tensors: dict) -> None:
+    from safetensors.torch import save_file
+    folder = root / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    (folder / "snapshots" / "0123abcd").mkdir(parents=True)
+    save_file(tensors, str(folder / "snapshots" / "0123abcd" / filename))
+
+
+def test_timm_pretrained_loads_from_the_local_hf_cache_without_process_wide_switches(tmp_path, monkeypatch):
+    timm = pytest.importorskip("timm")
+    import huggingface_hub
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    torch.manual_seed(3)
+    reference = {k: v.clone() for k, v in timm.create_model("resnet18").state_dict().items()}
+    _fake_hf_cache(tmp_path / "hf", "timm/resnet18.a1_in1k", "model.safetensors", reference)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("hf_hub_download must not be called")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr("timm.models._hub.hf_hub_download", no_network, raising=False)
+    seen = []
+    real_create = timm.create_model
+
+    def spy(*args, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        return real_create(*args, **kwargs)
+    monkeypatch.setattr(timm, "create_model", spy)
+    before = constants.HF_HUB_OFFLINE
+    model = load_model("timm/resnet18")
+    assert seen == [before] and constants.HF_HUB_OFFLINE == before      # never flipped, not even during
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, reference[key], msg=key)
+    assert model.transferlearn_arch == "timm/resnet18" and model.transferlearn_weights == "DEFAULT"
+
+
+def test_timm_pretrained_legacy_url_cache(hub):
+    timm = pytest.importorskip("timm")
+    from huggingface_hub import constants
+    torch.manual_seed(4)
+    reference = timm.create_model("resnet18.tv_in1k").state_dict()
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(reference, hub / "checkpoints" / "resnet18-f37072fd.pth")
+    if (Path(constants.HF_HUB_CACHE) / "models--timm--resnet18.tv_in1k").exists():
+        pytest.skip("the real HF cache holds this model")
+    model = load_model("timm/resnet18.tv_in1k")
+    torch.testing.assert_close(model.fc.weight, reference["fc.weight"])

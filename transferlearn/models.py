@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -47,20 +47,42 @@ def checkpoint_path(weights: tvm.WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
-@contextlib.contextmanager
-def _hf_offline(offline: bool) -> Iterator[None]:
-    """While active, huggingface_hub (which timm downloads through) uses its local cache only."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        yield
-        return
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = saved or offline
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
+def _timm_candidates(cfg: Any) -> list[str]:
+    """Weight file names timm would try on the Hugging Face hub, in its order of preference."""
+    given = cfg.hf_hub_filename
+    if given is None or given == "pytorch_model.bin":
+        return ["model.safetensors", "pytorch_model.bin"]
+    if given.endswith(".bin"):
+        return [given[:-4] + ".safetensors", given]
+    return [given]
+
+
+def _timm_cached_file(name: str) -> tuple[str, bool] | None:
+    """The local file timm's pretrained weights for ``name`` would load from, without any network.
+
+    Looks in the Hugging Face cache (``huggingface_hub.try_to_load_from_cache``, which only
+    reads the disk) and in timm's legacy URL cache (the torch hub ``checkpoints`` folder).
+    Nothing process-wide is touched: the caller passes the file to ``timm.create_model``
+    through ``pretrained_cfg_overlay={"file": ...}``. Returns ``(path, custom_load)``.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id and importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in _timm_candidates(cfg):
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return found, bool(cfg.custom_load)
+    if cfg.url:
+        legacy = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        if legacy.is_file():
+            return str(legacy), bool(cfg.custom_load)
+    return None
 
 
 def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -72,15 +94,23 @@ def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) 
         raise ValueError(f"for timm models weights must be None or 'DEFAULT', got {weights!r}")
     if weights is None:
         return timm.create_model(name, pretrained=False, **kwargs)
-    try:
-        with _hf_offline(not download):
-            return timm.create_model(name, pretrained=True, **kwargs)
-    except (OSError, ValueError, RuntimeError) as error:
-        if download:
-            raise
+    if download:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    local = _timm_cached_file(name)
+    if local is None:
         raise FileNotFoundError(
             f"pretrained weights for timm model {name!r} are not in the local Hugging Face cache; "
-            "pass download=True to fetch them") from error
+            "pass download=True to fetch them")
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    overlay.update(file=local[0], custom_load=local[1])
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def _weights_name(weights: Any) -> str | None:
+    """``"MobileNet_V2_Weights.IMAGENET1K_V1"`` for an enum member; strings as given."""
+    if isinstance(weights, tvm.WeightsEnum):
+        return f"{type(weights).__name__}.{weights.name}"
+    return weights if isinstance(weights, str) else None
 
 
 def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None = None,
@@ -90,8 +120,14 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     ``arch`` is a name from ``torchvision.models.list_models()`` or ``"timm/<name>"``. The
     weights come from the torch hub cache (``torch.hub.get_dir()/checkpoints``; for timm,
     the local Hugging Face cache); a missing checkpoint raises instead of downloading unless
-    ``download=True``. Use
-    ``install_weights`` to put a checkpoint there on an offline machine.
+    ``download=True``. Use ``install_weights`` to put a checkpoint there on an offline
+    machine. timm weights are looked up in the local caches first and handed to timm as a
+    file, so nothing process-wide (such as ``HF_HUB_OFFLINE``) is changed.
+
+    The model records how it was built in three plain attributes (not in its
+    ``state_dict``; they survive ``copy.deepcopy`` and pickling): ``transferlearn_arch``
+    (``arch``), ``transferlearn_weights`` (the weights' full name, or None) and
+    ``transferlearn_kwargs`` (``kwargs``). ``save_classifier`` reads them.
 
     Args:
         arch: model name, e.g. ``"mobilenet_v2"`` or ``"timm/resnet18"``.
@@ -116,7 +152,8 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     if num_classes is not None:
         check_int("num_classes", num_classes, minimum=0)
     if arch.startswith("timm/"):
-        model = _load_timm(arch[5:], weights, download, kwargs)
+        model = _load_timm(arch[5:], weights, download, dict(kwargs))
+        resolved = weights
     else:
         if arch not in tvm.list_models():
             raise ValueError(f"arch={arch!r} is not a torchvision model; see "
@@ -130,6 +167,9 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
         model = tvm.get_model(arch, weights=resolved, **kwargs)
     if num_classes is not None:
         replace_head(model, num_classes)
+    model.transferlearn_arch = arch
+    model.transferlearn_weights = _weights_name(resolved)
+    model.transferlearn_kwargs = dict(kwargs)
     return model
 
 
