@@ -1,0 +1,146 @@
+"""The ``classifier.json`` of a saved classifier: a frozen dataclass, checked field by field.
+
+A saved classifier is data, not code: this file plus one safetensors file of weights. The
+JSON carries a ``format`` version; a reader refuses versions it does not know and names the
+file and the field of anything missing or of the wrong type.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+__all__: list[str] = []
+
+FORMAT = 1
+CONFIG_NAME = "classifier.json"
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+_WEIGHTS_FILE = re.compile(r"model-[0-9a-f]{12}\.safetensors")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything needed to rebuild a saved classifier without pretrained downloads.
+
+    Attributes:
+        format: version of this layout (``FORMAT``).
+        arch: the ``load_model`` name, e.g. ``"mobilenet_v2"`` or ``"timm/resnet18"``.
+        num_classes: outputs of the head.
+        classes: class names, index ``i`` is output ``i``.
+        transform: ``size``, ``resize``, ``mean``, ``std``, ``interpolation`` of the
+            evaluation preprocessing.
+        head: ``name`` (dotted) and ``dropout`` (``None`` for a plain layer) of the head.
+        model_kwargs: keyword arguments for ``load_model`` (JSON values only).
+        weights: the pretrained weights training started from (information only).
+        weights_file: the safetensors file beside ``classifier.json``.
+        sha256: SHA-256 of that file.
+        dtype: floating-point type of the parameters.
+        versions: transferlearn, torch and torchvision versions that wrote it.
+    """
+
+    format: int
+    arch: str
+    num_classes: int
+    classes: tuple[str, ...]
+    transform: dict[str, Any]
+    head: dict[str, Any]
+    model_kwargs: dict[str, Any]
+    weights: str | None
+    weights_file: str
+    sha256: str
+    dtype: str
+    versions: dict[str, str]
+
+    def to_json(self) -> str:
+        """Strict JSON text (no NaN), keys in field order."""
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> ClassifierConfig:
+        """Parse and check ``text``; ``source`` (the file) is named in every error."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source} is not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> ClassifierConfig:
+        """Check every field of ``data`` (format first) and build the config."""
+        _check_field(data, "format", source)
+        if data["format"] != FORMAT:
+            raise ValueError(f"{source}: format {data['format']} is not one this version of "
+                             f"transferlearn reads (it reads format {FORMAT}); upgrade transferlearn")
+        for field in fields(cls):
+            _check_field(data, field.name, source)
+        if len(data["classes"]) != data["num_classes"]:
+            raise ValueError(f"{source}: field 'classes' has {len(data['classes'])} names but "
+                             f"'num_classes' is {data['num_classes']}")
+        values = {f.name: data[f.name] for f in fields(cls)}
+        values["classes"] = tuple(values["classes"])
+        return cls(**values)
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _transform_ok(value: Any) -> bool:
+    return (isinstance(value, dict) and _is_int(value.get("size"), 1) and _is_int(value.get("resize"), 1)
+            and all(isinstance(value.get(k), list) and len(value[k]) == 3 and all(map(_is_number, value[k]))
+                    for k in ("mean", "std"))
+            and all(s > 0 for s in value["std"]) and value.get("interpolation") in INTERPOLATIONS)
+
+
+def _head_ok(value: Any) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
+        return False
+    p = value.get("dropout", "missing")
+    return p is None or (_is_number(p) and 0 <= p < 1)
+
+
+def _classes_ok(value: Any) -> bool:
+    return (isinstance(value, list) and all(isinstance(c, str) and c for c in value)
+            and len(set(value)) == len(value))
+
+
+_SPEC: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format": (lambda v: _is_int(v, 1), "an int >= 1"),
+    "arch": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "num_classes": (lambda v: _is_int(v, 1), "an int >= 1"),
+    "classes": (_classes_ok, "a list of unique, non-empty strings"),
+    "transform": (_transform_ok, "an object with 'size' and 'resize' (ints >= 1), 'mean' and 'std' "
+                                 f"(3 finite numbers, std > 0) and 'interpolation' (one of {list(INTERPOLATIONS)})"),
+    "head": (_head_ok, "an object with 'name' (a dotted module name) and 'dropout' (null or a number in [0, 1))"),
+    "model_kwargs": (lambda v: isinstance(v, dict), "an object"),
+    "weights": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "weights_file": (lambda v: isinstance(v, str) and bool(_WEIGHTS_FILE.fullmatch(v)),
+                     "a file name like 'model-0123456789ab.safetensors'"),
+    "sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)), "64 lowercase hex digits"),
+    "dtype": (lambda v: v in DTYPES, f"one of {list(DTYPES)}"),
+    "versions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                 "an object of version strings"),
+}
+
+
+def _check_field(data: dict[str, Any], name: str, source: str) -> None:
+    if name not in data:
+        raise ValueError(f"{source}: missing field {name!r}")
+    check, accepted = _SPEC[name]
+    if not check(data[name]):
+        shown = json.dumps(data[name])
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"{source}: field {name!r} must be {accepted}, got {shown}")
