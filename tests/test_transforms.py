@@ -175,3 +175,30 @@ def test_output_shape_for_any_size_and_aspect(h, w, size, train, gray):
 def test_errors(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("make", [lambda: photo(90, 70), lambda: photo(50, 120).convert("L"),
+                                  lambda: photo(60, 60).convert("RGBA"),
+                                  lambda: Image.fromarray(np.random.default_rng(1).integers(0, 65536, (70, 50)).astype(np.uint16)),
+                                  lambda: torch.rand(3, 64, 80)])
+def test_prepare_then_finish_is_bitwise_the_eval_pipeline(make):
+    tf = imagenet_transform(size=40)
+    img = make()
+    prepared = tf.prepare(img)
+    assert min(prepared.shape[1:]) == tf.resize == 46
+    assert prepared.dtype == (torch.uint8 if isinstance(img, Image.Image) and img.mode != "I;16" else torch.float32)
+    assert torch.equal(tf.finish(prepared), tf(img))
+
+
+def test_finish_on_train_pipeline_crops_and_flips_the_prepared_tensor():
+    tf = imagenet_transform(True, size=32)
+    prepared = tf.prepare(photo(80, 100))
+    torch.manual_seed(0)
+    a = tf.finish(prepared)
+    torch.manual_seed(0)
+    b = tf.finish(prepared)
+    torch.manual_seed(1)
+    c = tf.finish(prepared)
+    assert a.shape == (3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(TypeError, match=r"img must be a tensor from prepare\(\), got <PIL"):
+        tf.finish(photo(10, 10))

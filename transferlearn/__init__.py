@@ -6,6 +6,7 @@ Small composable functions (each changes a model in place and returns it) and a 
 
 from .batchnorm import freeze_bn_running_stats, is_bn_frozen, unfreeze_bn_running_stats
 from .features import extract_features
+from .folder import FolderData, load_image_folder
 from .freezing import freeze_backbone, unfreeze
 from .groups import layer_groups
 from .heads import find_head, replace_head
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "FolderData",
     "History",
     "ImageReadError",
     "Strategy",
@@ -35,6 +37,7 @@ __all__ = [
     "is_bn_frozen",
     "layer_groups",
     "load_image",
+    "load_image_folder",
     "load_model",
     "param_groups",
     "plot_history",

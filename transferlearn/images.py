@@ -9,9 +9,10 @@ range. A file that is not an image, is empty or is cut short raises ``ImageReadE
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from PIL import Image, ImageOps
 
@@ -63,6 +64,28 @@ def _reason(exc: BaseException) -> str:
     return f"truncated or corrupt image data ({type(exc).__name__}: {exc})"
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[IO[bytes]]:
+    """Open ``path``; any failure inside the block becomes an ``ImageReadError`` naming it."""
+    with open(path, "rb") as file:   # FileNotFoundError / IsADirectoryError name the path
+        if os.fstat(file.fileno()).st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        try:
+            yield file
+        except Exception as exc:  # any decoder failure is a property of this file
+            raise ImageReadError(path, _reason(exc)) from exc
+
+
+def check_header(path: str | os.PathLike) -> None:
+    """Cheap check that a file is an image: open it and run ``Image.verify`` (no full decode).
+
+    Finds empty files, non-images and (for PNG) corrupt chunks; a JPEG cut short in its pixel
+    data passes (only a full decode finds that). Raises as ``load_image`` does.
+    """
+    with _reading(_check_path(path)) as file, Image.open(file) as img:
+        img.verify()
+
+
 def load_image(path: str | os.PathLike, *, draft: tuple[int, int] | None = None) -> Image.Image:
     """Read an image file completely and return it upright, in its own mode.
 
@@ -98,15 +121,10 @@ def load_image(path: str | os.PathLike, *, draft: tuple[int, int] | None = None)
     """
     path = _check_path(path)
     size = _check_draft(draft)
-    with open(path, "rb") as file:   # FileNotFoundError / IsADirectoryError name the path
-        if os.fstat(file.fileno()).st_size == 0:
-            raise ImageReadError(path, "empty file (0 bytes)")
-        try:
-            img = Image.open(file)
-            if size is not None and img.format == "JPEG":
-                img.draft(None, size)
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)   # no copy when nothing to turn
-        except Exception as exc:  # any decoder failure is a property of this file
-            raise ImageReadError(path, _reason(exc)) from exc
+    with _reading(path) as file:
+        img = Image.open(file)
+        if size is not None and img.format == "JPEG":
+            img.draft(None, size)
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)   # no copy when there is nothing to turn
     return img

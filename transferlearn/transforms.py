@@ -91,12 +91,14 @@ class ImagePreprocess:
         self.train, self.size, self.resize = train, size, resize
         self.mean, self.std, self.interpolation = list(mean), list(std), interpolation
         if train:
-            self._geometry: Any = T.Compose([
+            self._crop: Any = T.Compose([
                 T.RandomResizedCrop(size, interpolation=interpolation, antialias=True),
                 T.RandomHorizontalFlip()])
+            self._geometry: Any = self._crop
         else:
+            self._crop = T.CenterCrop(size)
             self._geometry = T.Compose([T.Resize(resize, interpolation=interpolation, antialias=True),
-                                        T.CenterCrop(size)])
+                                        self._crop])
 
     @property
     def deterministic(self) -> bool:
@@ -106,6 +108,55 @@ class ImagePreprocess:
         img = self._geometry(to_rgb(img))
         if not isinstance(img, torch.Tensor):
             img = F.convert_image_dtype(F.pil_to_tensor(img), torch.float)
+        return F.normalize(img, mean=self.mean, std=self.std)
+
+    def prepare(self, img: Any) -> torch.Tensor:
+        """The deterministic first half of the pipeline: 3 channels, shorter side to ``resize``.
+
+        ``finish(prepare(img))`` is bitwise ``self(img)`` for the eval pipeline; for training
+        it crops and flips the resized image rather than the original. A decoded-image cache
+        stores what this returns, so later epochs skip decoding and resizing.
+
+        Args:
+            img: anything ``to_rgb`` accepts.
+
+        Returns:
+            A (3, H, W) tensor with min(H, W) == ``resize``: uint8 for 8-bit images, float in
+            [0, 1] for 16-bit, float and tensor inputs.
+
+        Raises:
+            TypeError, ValueError: as ``to_rgb``.
+
+        Example:
+            >>> tf = imagenet_transform(size=64)            # resize 73
+            >>> tf.prepare(Image.new("RGB", (200, 100))).shape
+            torch.Size([3, 73, 146])
+        """
+        img = F.resize(to_rgb(img), self.resize, interpolation=self.interpolation, antialias=True)
+        return img if isinstance(img, torch.Tensor) else F.pil_to_tensor(img)
+
+    def finish(self, img: torch.Tensor) -> torch.Tensor:
+        """The second half: crop (centre, or random resized crop and flip), scale, normalise.
+
+        Args:
+            img: a (3, H, W) tensor as ``prepare`` returns it (uint8, or float in [0, 1]).
+
+        Returns:
+            The normalised float (3, size, size) tensor.
+
+        Raises:
+            TypeError: ``img`` is not a tensor.
+
+        Example:
+            >>> tf = imagenet_transform(size=64)
+            >>> tf.finish(tf.prepare(Image.new("RGB", (200, 100)))).shape
+            torch.Size([3, 64, 64])
+        """
+        if not isinstance(img, torch.Tensor):
+            raise TypeError(f"img must be a tensor from prepare(), got {describe(img)}")
+        img = self._crop(img)
+        if not img.is_floating_point():
+            img = F.convert_image_dtype(img, torch.float)
         return F.normalize(img, mean=self.mean, std=self.std)
 
     def __repr__(self) -> str:
