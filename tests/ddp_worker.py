@@ -8,11 +8,29 @@ import sys
 import torch
 from torch.utils.data import DataLoader
 
+from tests.conftest import TinyNet
 from tests.test_trainer import model, separable
 from transferlearn import Trainer
 
 
+def subset(out: str, cache: bool) -> None:
+    """A SubsetRandomSampler over the even indices; the criterion records what each rank trains."""
+    from torch.utils.data import SubsetRandomSampler
+
+    from tests.test_trainer_sampling import Recorder, indexed
+    rank = int(os.environ["RANK"])
+    torch.manual_seed(0)
+    m = TinyNet(num_classes=24)
+    recorder = Recorder()
+    loader = DataLoader(indexed(), batch_size=4, sampler=SubsetRandomSampler(list(range(0, 24, 2))))
+    Trainer(m, seed=0, progress=False, criterion=recorder).fit(loader, warmup_epochs=2, finetune_epochs=1,
+                                                               cache_features=cache)
+    torch.save({"batches": recorder.batches, "state": m.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
+
+
 def main(out: str, cache: str) -> None:
+    if cache.startswith("subset"):
+        return subset(out, cache == "subset-cache")
     rank = int(os.environ["RANK"])
     train = DataLoader(separable(64), batch_size=8, shuffle=True)
     val = DataLoader(separable(45, seed=7), batch_size=8)          # 45: shards of 23 and 22

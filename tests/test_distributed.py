@@ -19,18 +19,33 @@ from .test_trainer import model, separable
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def torchrun(out: Path, mode: str) -> tuple[str, list[dict]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "tests" / "ddp_worker.py"), str(out), mode],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
 @pytest.fixture(scope="module", params=["cache", "nocache"])
 def ddp_run(request, tmp_path_factory):
     """cache: head-only DDP on cached features, BatchNorm pinned; nocache: whole-model DDP
     in both phases, BatchNorm statistics adapting in the fine-tune phase."""
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(ROOT / "tests" / "ddp_worker.py"), str(out), request.param],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    return out, done.stdout, ranks
+    stdout, ranks = torchrun(out, request.param)
+    return out, stdout, ranks
+
+
+@pytest.mark.parametrize("mode", ["subset-cache", "subset-nocache"])
+def test_a_subset_sampler_is_sharded_not_replaced_under_torchrun(tmp_path, mode):
+    _, (r0, r1) = torchrun(tmp_path, mode)
+    assert len(r0["batches"]) == len(r1["batches"]) == 3 * 2        # 3 epochs x batches of 4 + 2 per rank
+    for epoch in range(3):
+        mine = [sum(r["batches"][epoch * 2:(epoch + 1) * 2], []) for r in (r0, r1)]
+        assert len(mine[0]) == len(mine[1]) == 6
+        assert sorted(mine[0] + mine[1]) == list(range(0, 24, 2))   # the subset, each sample once, no other
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
 
 
 def test_ranks_end_with_identical_weights_and_history(ddp_run):
