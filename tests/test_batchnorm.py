@@ -122,3 +122,30 @@ def test_stats_never_change_under_any_sequence(ops, sub):
                 model.train()
             model(x)
     assert all(torch.equal(a, b) for a, b in zip(before, stats(target)))
+
+
+class UserBatchNorm(nn.BatchNorm2d):
+    """A user's own BatchNorm subclass: its frozen twin is made only when it is first frozen."""
+
+
+def test_a_pinned_user_subclass_survives_torch_save_and_load_in_a_new_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), UserBatchNorm(4))
+    m[1].running_mean.fill_(0.5)
+    freeze_bn_running_stats(m)
+    torch.save(m, tmp_path / "model.pt")
+    code = ("import torch, transferlearn as tl; m = torch.load(r'%s', weights_only=False); m.train(); "
+            "m(torch.randn(2, 3, 8, 8)); assert tl.is_bn_frozen(m[1]) and not m[1].training; "
+            "assert float(m[1].running_mean[0]) == 0.5; print(type(m[1]).__mro__[2].__name__)" % (tmp_path / "model.pt"))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "UserBatchNorm"
+
+
+def test_strict_takes_only_a_bool():
+    with pytest.raises(TypeError, match=r"strict must be True or False, got 1 \(int\)"):
+        freeze_bn_running_stats(nn.Linear(2, 2), strict=1)

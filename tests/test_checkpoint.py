@@ -135,3 +135,96 @@ def test_resume_with_a_sampler_generator(tmp_path):
         go(tmp_path / "cut", stop_after=2)
     resumed = go(tmp_path / "cut", resume=True)
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+
+
+# ------------------------------------------------------------- resume checks before it changes anything
+def state_of(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def assert_untouched(m, before):
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def resume_with(tmp_path, m, **kwargs):
+    train = DataLoader(separable(64), batch_size=16)
+    Trainer(m, progress=False, checkpoint_dir=tmp_path, **kwargs.pop("trainer", {})).fit(
+        train, warmup_epochs=3, finetune_epochs=3, head_lr=1e-2, resume=True, **kwargs)
+
+
+def test_a_checkpoint_of_another_head_width_is_refused_and_the_model_untouched(tmp_path):
+    with pytest.raises(Interrupt):
+        run(tmp_path, stop_after=4)
+    from transferlearn import replace_head
+    m = replace_head(model(seed=2), 4)
+    before = state_of(m)
+    with pytest.raises(ValueError, match=r"checkpoint '.*last.pt' does not fit this model and optimizer: shape "
+                                         r"fc.weight \(3, 8\) vs \(4, 8\), fc.bias \(3,\) vs \(4,\).*Nothing was loaded"):
+        resume_with(tmp_path, m)
+    assert_untouched(m, before)
+
+
+@pytest.mark.parametrize("change, pattern", [
+    ({"trainer": {"optimizer": torch.optim.SGD}}, r"optimizer AdamW vs SGD"),
+    ({"weight_decay": 0.1}, r"parameter groups \[\['backbone', 12\], \['fc', 2\]\] vs \[\['backbone', 3\], \['backbone/no_decay', 9\]"),
+])
+def test_another_optimizer_or_group_layout_is_refused(tmp_path, change, pattern):
+    with pytest.raises(Interrupt):
+        run(tmp_path, stop_after=2)
+    m = model(seed=2)
+    before = state_of(m)
+    with pytest.raises(ValueError, match=pattern):
+        resume_with(tmp_path, m, **change)
+    assert_untouched(m, before)
+
+
+@pytest.mark.parametrize("content, pattern", [
+    (b"", r"checkpoint '.*last.pt' is empty"),
+    ("truncated", r"checkpoint '.*last.pt' cannot be read \(.*\): it is truncated, damaged or not a torch checkpoint"),
+    ("state_dict", r"checkpoint '.*last.pt' is not a transferlearn training checkpoint \(it looks like a plain "
+                   r"state_dict\)"),
+])
+def test_empty_truncated_and_foreign_files_get_a_clear_error(tmp_path, content, pattern):
+    if content == "truncated":
+        with pytest.raises(Interrupt):
+            run(tmp_path, stop_after=2)
+        data = (tmp_path / LAST).read_bytes()
+        (tmp_path / LAST).write_bytes(data[: len(data) // 2])
+    elif content == "state_dict":
+        torch.save(model().state_dict(), tmp_path / LAST)
+    else:
+        (tmp_path / LAST).write_bytes(content)
+    m = model(seed=2)
+    before = state_of(m)
+    with pytest.raises(ValueError, match=pattern):
+        resume_with(tmp_path, m)
+    assert_untouched(m, before)
+
+
+def test_resuming_a_finished_run_restores_its_last_phase(tmp_path):
+    train = DataLoader(separable(64), batch_size=16)
+    Trainer(model(), progress=False, checkpoint_dir=tmp_path).fit(train, warmup_epochs=1, finetune_epochs=1,
+                                                                  unfreeze=1, freeze_bn=True)
+    m = model(seed=2)                                      # fresh: everything trainable, BN adapting
+    Trainer(m, progress=False, checkpoint_dir=tmp_path).fit(train, warmup_epochs=1, finetune_epochs=1,
+                                                            unfreeze=1, freeze_bn=True, resume=True)
+    from transferlearn import is_bn_frozen
+    assert not any(p.requires_grad for p in m.stem.parameters())
+    assert all(p.requires_grad for p in m.stage2.parameters()) and m.fc.weight.requires_grad
+    assert all(is_bn_frozen(b) for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d))
+
+
+def test_stale_temporary_files_are_removed_and_files_respect_the_umask(tmp_path):
+    import os
+    import stat
+    stale = tmp_path / f".{LAST}.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".notes.txt.tmp"
+    other.write_text("not ours")
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / LAST, {"a": torch.ones(1)})
+    finally:
+        os.umask(old)
+    assert not stale.exists() and other.exists()
+    assert stat.S_IMODE((tmp_path / LAST).stat().st_mode) == 0o644

@@ -17,7 +17,7 @@ import sys
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._checks import check_module
+from ._checks import check_bool, check_module
 
 __all__ = ["freeze_bn_running_stats", "unfreeze_bn_running_stats", "is_bn_frozen"]
 
@@ -109,6 +109,7 @@ def freeze_bn_running_stats(module: nn.Module, *, strict: bool = False) -> nn.Mo
         >>> model.train()                            # layer1's BatchNorms stay in eval mode
     """
     check_module("module", module)
+    check_bool("strict", strict)
     layers = _batchnorms(module)
     if strict and not layers:
         raise ValueError(

@@ -310,8 +310,8 @@ class Trainer:
 
     def _check_finite(self, finite: bool, what: str, where: str, step: int) -> None:
         if not self.dist.all_true(finite):
-            kept = f"; {self.checkpoint_dir / ckpt.LAST} still holds the last good epoch" \
-                if self.checkpoint_dir is not None else ""
+            last = None if self.checkpoint_dir is None else self.checkpoint_dir / ckpt.LAST
+            kept = f"; {last} still holds the last good epoch" if last is not None and last.exists() else ""
             raise FloatingPointError(
                 f"non-finite {what if finite is False else 'value on another rank'} in {where}, batch {step + 1}: "
                 f"the run stops before the optimizer step{kept}. Look for NaN/inf in the inputs or targets, or "
