@@ -393,3 +393,24 @@ def test_loads_and_predicts_in_a_fresh_offline_process(mobilenet_weights, tmp_pa
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(json.loads(done.stdout), expected, rtol=1e-5, atol=1e-6)
     assert not empty_home.exists() or not list(empty_home.rglob("*.pth"))
+
+
+def test_files_are_seen_exactly_as_load_image_folder_sees_them(saved, tmp_path):
+    from transferlearn import load_image_folder
+    from transferlearn.images import load_image
+    model, directory = saved
+    clf = load_classifier(directory)
+    for c, name in enumerate(CLASSES):
+        (tmp_path / name).mkdir()
+        for k in range(2):
+            _photo(10 * c + k, size=(300, 220)).save(tmp_path / name / f"{k}.jpg", quality=90)
+    data = load_image_folder(tmp_path, val_fraction=0.5, size=48, resize=56, max_imbalance=None)
+    paths = [p for p, _ in data.val.samples]
+    with torch.inference_mode():
+        expected = model.eval()(torch.stack([data.val[i][0] for i in range(len(paths))])).softmax(1)
+    torch.testing.assert_close(clf.predict_proba(paths), expected, rtol=1e-5, atol=1e-6)
+    full = torch.stack([_oracle(model, load_image(p)) for p in paths])
+    torch.testing.assert_close(clf.predict_proba(paths, draft=False), full, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(TF(load_image(paths[0])), data.val[0][0])   # the draft decode is a real difference
+    with pytest.raises(TypeError, match=r"draft must be True or False, got 1 \(int\)"):
+        clf.predict(paths, draft=1)

@@ -152,12 +152,13 @@ class Classifier:
         arch = self.config.arch if self.config else type(self.model).__name__
         return f"Classifier({arch}, {len(self.classes)} classes, {self.transform!r})"
 
-    def predict_proba(self, items: Any, *, batch_size: int = 32) -> torch.Tensor:
+    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = True) -> torch.Tensor:
         """Class probabilities, shape ``(N, num_classes)``, for the images in ``items``.
 
         Args:
             items: see ``predict``.
             batch_size: images transformed and run together.
+            draft: see ``predict``.
 
         Returns:
             A float tensor on the CPU; row ``i`` belongs to the ``i``-th image.
@@ -170,15 +171,20 @@ class Classifier:
             torch.Size([2, 3])
         """
         check_int("batch_size", batch_size, minimum=1)
+        if not isinstance(draft, bool):
+            raise TypeError(f"draft must be True or False, got {describe(draft)}")
+        side = self.transform.resize
         images = _items(items)
         rows = [torch.empty(0, len(self.classes))]
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.transform(load_image(x) if isinstance(x, Path) else x)
+            batch = torch.stack([self.transform(load_image(x, draft=(side, side) if draft else None)
+                                                if isinstance(x, Path) else x)
                                  for x in images[start:start + batch_size]])
             rows.append(predict(self.model, batch, batch_size=batch_size))
         return torch.cat(rows)
 
-    def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
+                draft: bool = True) -> list[dict[str, Any]]:
         """Classify one or many images.
 
         Args:
@@ -187,6 +193,9 @@ class Classifier:
                 float in [0, 1]; ``(C, H, W)``, an ``(N, C, H, W)`` batch is N images).
             top_k: how many of the most probable classes to list, 1 to ``len(classes)``.
             batch_size: images transformed and run together.
+            draft: decode JPEG files at the smallest power-of-two reduction still at least
+                the transform's ``resize`` (as ``load_image_folder`` does by default, so a file
+                is seen exactly as in training); False decodes at full size.
 
         Returns:
             One dict per image, in order: ``{"class": name, "probability": p,
@@ -203,7 +212,7 @@ class Classifier:
             [{'class': 'cat', 'probability': 0.93, 'top_k': [['cat', 0.93], ['dog', 0.07]]}]
         """
         check_int("top_k", top_k, minimum=1, maximum=len(self.classes))
-        probs = self.predict_proba(items, batch_size=batch_size)
+        probs = self.predict_proba(items, batch_size=batch_size, draft=draft)
         values, indices = probs.topk(top_k, dim=1)
         out = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
