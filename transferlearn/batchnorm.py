@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._checks import check_bool, check_module
 
-__all__ = ["freeze_bn_running_stats", "unfreeze_bn_running_stats", "is_bn_frozen"]
+__all__ = ["freeze_bn_running_stats", "unfreeze_bn_running_stats", "is_bn_frozen", "pin_early_bn"]
 
 
 class _FrozenStats:
@@ -144,3 +144,17 @@ def unfreeze_bn_running_stats(module: nn.Module) -> nn.Module:
             layer.__class__ = layer._transferlearn_frozen_from
             layer.train(parent_mode.get(id(layer), module.training))
     return module
+
+
+def pin_early_bn(model: nn.Module, *, head: str | None = None) -> nn.Module:
+    """Pin BatchNorm statistics in the first half of the backbone's layer groups only (the
+    ``freeze_bn="early"`` policy: early, generic stages keep ImageNet statistics, later stages
+    adapt to the new domain). Returns ``model``."""
+    from .groups import split_layer_groups
+
+    backbone, _ = split_layer_groups(model, head=head)
+    early = {id(p) for _, ps in backbone[: len(backbone) // 2] for p in ps}
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and any(id(p) in early for p in module.parameters(recurse=False)):
+            freeze_bn_running_stats(module)
+    return model

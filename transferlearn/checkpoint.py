@@ -16,6 +16,7 @@ from ._checks import describe
 from ._io import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_differences", "optimizer_layout",
+           "write_epoch", "read_resume",
            "rng_state", "set_rng_state", "resolve_resume", "LAST", "BEST", "FORMAT"]
 
 LAST = "last.pt"
@@ -126,6 +127,41 @@ def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.o
         raise ValueError(f"{where} does not fit this model and optimizer: " + "; ".join(problems) +
                          ". Nothing was loaded; resume with the same model, head, optimizer and learning-rate "
                          "layout, or start afresh in another checkpoint_dir")
+
+
+def write_epoch(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                history: list[dict[str, Any]], phase: str, next_epoch: int, generator: Any,
+                best: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
+    """Write the end of an epoch: ``best.pt`` first when this epoch is the new best (so that
+    ``last.pt`` never names a best epoch that is not on disk), then ``last.pt``."""
+    if best_state is not None:
+        save_checkpoint(directory / BEST, {"epoch": best["epoch"], "model": best_state})
+    save_checkpoint(directory / LAST, {
+        "format": FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "optimizer_class": type(optimizer).__name__, "groups": optimizer_layout(optimizer),
+        "scaler": scaler.state_dict(), "history": history, "rng": rng_state(generator), "best": best})
+
+
+def read_resume(path: Path, *, plan: list[str], model: nn.Module,
+                optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Read ``path`` and the best weights it names, checked against this run's model,
+    optimizer and plan of phases; nothing is loaded into the model here."""
+    state = load_checkpoint(path)
+    check_resumable(state, path, model, optimizer)
+    epoch = state["epoch"]
+    if epoch > len(plan) or plan[epoch - 1] != state["phase"] or state["next"] > len(plan):
+        raise ValueError(f"checkpoint {str(path)!r} ended epoch {epoch} in phase {state['phase']!r}, "
+                         f"which does not fit this run's plan of {plan.count('warmup')} warm-up and "
+                         f"{plan.count('finetune')} fine-tune epochs")
+    if state["best"]["epoch"] is None:
+        return state, None
+    best_file = path.parent / BEST
+    saved = load_checkpoint(best_file) if best_file.is_file() else {}
+    if saved.get("epoch") != state["best"]["epoch"]:
+        raise ValueError(f"checkpoint {str(path)!r} names epoch {state['best']['epoch']} as the best, but "
+                         f"{str(best_file)!r} does not hold it (moved or from another run); start afresh")
+    return state, saved["model"]
 
 
 def resolve_resume(resume: Any, checkpoint_dir: Path | None) -> Path | None:

@@ -22,43 +22,23 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from ._checks import check_choice, check_float, check_head_name, check_int, check_module, check_seed, describe
+from ._checks import check_choice, check_float, check_head_name, check_module, check_seed, describe
 from ._runtime import Precision, Progress, pick_device
 from .batches import split_batch
-from .batchnorm import freeze_bn_running_stats, unfreeze_bn_running_stats
+from .batchnorm import freeze_bn_running_stats, pin_early_bn, unfreeze_bn_running_stats
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .features import FeatureCache, build_cache, is_deterministic
+from .features import FeatureCache, build_cache
 from .freezing import freeze_backbone, unfreeze
-from .groups import split_layer_groups
 from .heads import find_head
 from .history import History
-from .loaders import not_cacheable
 from .optim import param_groups
 from .selection import BestEpoch
+from .settings import UNSET as _UNSET
+from .settings import fit_settings, use_feature_cache
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "<default>"
-
-
-_UNSET: Any = _Unset()
-_DEFAULTS = {"warmup_epochs": 2, "finetune_epochs": 3, "head_lr": 1e-3, "backbone_lr": None,
-             "weight_decay": 0.0, "freeze_bn": True, "unfreeze": None}
-
-
-def _pin_early_bn(model: nn.Module, head: str | None) -> None:
-    """Pin BatchNorm statistics in the first half of the backbone's layer groups."""
-    backbone, _ = split_layer_groups(model, head=head)
-    early = {id(p) for _, ps in backbone[: len(backbone) // 2] for p in ps}
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
-                any(id(p) in early for p in module.parameters(recurse=False)):
-            freeze_bn_running_stats(module)
 
 
 class Trainer:
@@ -152,8 +132,8 @@ class Trainer:
         explicit = {"warmup_epochs": warmup_epochs, "finetune_epochs": finetune_epochs, "head_lr": head_lr,
                     "backbone_lr": backbone_lr, "weight_decay": weight_decay, "freeze_bn": freeze_bn,
                     "unfreeze": unfreeze}
-        cfg = self._settings(strategy, {k: v for k, v in explicit.items() if v is not _UNSET})
-        use_cache = self._use_cache(cache_features, train_loader, cfg["warmup_epochs"])
+        cfg = fit_settings(strategy, {k: v for k, v in explicit.items() if v is not _UNSET})
+        use_cache = use_feature_cache(cache_features, train_loader, cfg["warmup_epochs"])
         best = self._best_tracker(val_loader, monitor, patience, restore_best)
         self._seed_everything()
         self.optimizer = self.make_optimizer(param_groups(
@@ -226,29 +206,6 @@ class Trainer:
         record["seconds"] = time.perf_counter() - began
         return record
 
-    def _settings(self, strategy: Strategy | None, given: dict[str, Any]) -> dict[str, Any]:
-        if strategy is not None and not isinstance(strategy, Strategy):
-            raise TypeError(f"strategy must be None or a Strategy (see recommend_strategy), got {describe(strategy)}")
-        cfg = {**_DEFAULTS, **(strategy.fit_kwargs() if strategy else {}), **given}
-        check_int("warmup_epochs", cfg["warmup_epochs"])
-        check_int("finetune_epochs", cfg["finetune_epochs"])
-        if cfg["warmup_epochs"] + cfg["finetune_epochs"] == 0:
-            raise ValueError("warmup_epochs and finetune_epochs are both 0: nothing to train")
-        check_choice("freeze_bn", cfg["freeze_bn"], (True, False, "early"))
-        if cfg["unfreeze"] is not None:
-            check_int("unfreeze", cfg["unfreeze"])
-        return cfg
-
-    def _use_cache(self, cache_features: Any, loader: Any, warmup_epochs: int) -> bool:
-        check_choice("cache_features", cache_features, ("auto", True, False))
-        reason = not_cacheable(loader)
-        if cache_features is True and reason is not None:
-            raise ValueError(f"cache_features=True cannot replay this train_loader: {reason}; "
-                             "pass cache_features=False")
-        if cache_features == "auto":
-            return warmup_epochs > 0 and reason is None and is_deterministic(loader.dataset)
-        return cache_features is True and warmup_epochs > 0
-
     # -------------------------------------------------------------------------- phases
     def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool, best: BestEpoch) -> str:
         self._forward = self.model  # drop an old DDP wrapper before the trainable set changes
@@ -263,7 +220,7 @@ class Trainer:
             else:
                 unfreeze_bn_running_stats(self.model)
             if cfg["freeze_bn"] == "early":
-                _pin_early_bn(self.model, self.head)
+                pin_early_bn(self.model, head=self.head)
         # DDP syncs what is trainable when it is built: the head alone on cached features
         target = self.model.get_submodule(find_head(self.model, head=self.head)[0]) if cached else self.model
         self._forward = self.dist.wrap(target, self.device)
@@ -337,14 +294,10 @@ class Trainer:
         if self.checkpoint_dir is None:
             return
         if self.dist.is_main:  # rank 0 alone writes; the others wait for the files
-            if best.epoch == history[-1]["epoch"]:
-                ckpt.save_checkpoint(self.checkpoint_dir / ckpt.BEST, {"epoch": best.epoch, "model": best.state})
-            ckpt.save_checkpoint(self.checkpoint_dir / ckpt.LAST, {
-                "format": ckpt.FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "optimizer_class": type(self.optimizer).__name__, "groups": ckpt.optimizer_layout(self.optimizer),
-                "scaler": self.precision.scaler.state_dict(), "history": history.records(),
-                "rng": ckpt.rng_state(generator), "best": best.summary()})
+            ckpt.write_epoch(self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
+                             scaler=self.precision.scaler, history=history.records(), phase=phase,
+                             next_epoch=next_epoch, generator=generator, best=best.summary(),
+                             best_state=best.state if best.epoch == history[-1]["epoch"] else None)
         self.dist.barrier()
 
     def _restore(self, resume: Any, plan: list[str], generator: Any, best: BestEpoch) -> tuple[History, int]:
@@ -352,22 +305,7 @@ class Trainer:
         path = ckpt.resolve_resume(resume, self.checkpoint_dir)
         if path is None:
             return History(), 0
-        state = ckpt.load_checkpoint(path)
-        ckpt.check_resumable(state, path, self.model, self.optimizer)
-        epoch = state["epoch"]
-        if epoch > len(plan) or plan[epoch - 1] != state["phase"] or state["next"] > len(plan):
-            raise ValueError(f"checkpoint {str(path)!r} ended epoch {epoch} in phase {state['phase']!r}, "
-                             f"which does not fit this run's plan of {plan.count('warmup')} warm-up and "
-                             f"{plan.count('finetune')} fine-tune epochs")
-        best_state = None
-        if state["best"]["epoch"] is not None:
-            best_file = path.parent / ckpt.BEST
-            saved = ckpt.load_checkpoint(best_file) if best_file.is_file() else {}
-            if saved.get("epoch") != state["best"]["epoch"]:
-                raise ValueError(f"checkpoint {str(path)!r} names epoch {state['best']['epoch']} as best, but "
-                                 f"{str(best_file)!r} does not hold it; resume with restore_best=False after "
-                                 "moving last.pt to a fresh folder, or start afresh")
-            best_state = saved["model"]
+        state, best_state = ckpt.read_resume(path, plan=plan, model=self.model, optimizer=self.optimizer)
         best.restore(state["best"], best_state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
