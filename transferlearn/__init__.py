@@ -14,6 +14,7 @@ from .heads import find_head, replace_head
 from .history import History, plot_history
 from .images import ImageReadError, load_image
 from .models import install_weights, load_model
+from .onnx_export import export_onnx
 from .optim import param_groups
 from .report import ClassificationReport, classification_report
 from .strategy import Strategy, recommend_strategy
@@ -33,6 +34,7 @@ __all__ = [
     "Strategy",
     "Trainer",
     "classification_report",
+    "export_onnx",
     "extract_features",
     "find_head",
     "freeze_backbone",
