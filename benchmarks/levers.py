@@ -5,6 +5,7 @@
     python benchmarks/levers.py backward [--size 128]                # does backward stop early?
     python benchmarks/levers.py workers                              # DataLoader on real JPEGs
     python benchmarks/levers.py head                                 # converged head on features
+    python benchmarks/levers.py profile [--size 64]                  # where a fine-tune epoch goes
     python benchmarks/levers.py all
 
 Every lever runs its variants interleaved (round-robin, after one untimed call each) and
@@ -28,7 +29,7 @@ from torch import nn
 
 import transferlearn as tl
 
-__all__ = ["lever_channels_last", "lever_compile", "lever_backward", "lever_workers", "lever_head"]
+__all__ = ["lever_channels_last", "lever_compile", "lever_backward", "lever_workers", "lever_head", "lever_profile"]
 
 RESULTS = ROOT / "benchmarks" / "results"
 CPU = torch.device("cpu")
@@ -304,10 +305,41 @@ def lever_head(which: str, size: int, seeds: int) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------------------------------ profile
+def lever_profile(size: int, images: int, out: Path) -> list[dict[str, Any]]:
+    """torch.profiler over one fine-tuning epoch of ``Trainer.fit`` (contiguous and
+    channels_last): where the time of the part the feature cache cannot remove goes."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(images, 3, size, size, generator=g), torch.randint(0, 10, (images,), generator=g))
+    rows = []
+    for cl in (False, True):
+        model = _model(channels_last=cl)
+        trainer = tl.Trainer(model, progress=False, seed=0)
+        trainer.fit(DataLoader(data, batch_size=32), warmup_epochs=0, finetune_epochs=1)  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            began = time.perf_counter()
+            trainer.fit(DataLoader(data, batch_size=32), warmup_epochs=0, finetune_epochs=1)
+            seconds = time.perf_counter() - began
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        name = f"profile_finetune_{size}px_{'channels_last' if cl else 'contiguous'}.txt"
+        (out / name).write_text(f"Trainer.fit(warmup_epochs=0, finetune_epochs=1), {images} images at {size}px, "
+                                f"batch 32, {torch.get_num_threads()} threads: {seconds:.2f}s\n{table}\n")
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
+        rows.append({"size": size, "channels_last": cl, "seconds": seconds, "file": name,
+                     "top_ops": [{"op": e.key, "self_share": e.self_cpu_time_total / total} for e in top]})
+        print(f"  {size}px {'channels_last' if cl else 'contiguous'}: {seconds:.2f}s; " + ", ".join(
+            f"{t['op']} {t['self_share']:.0%}" for t in rows[-1]["top_ops"][:5]), flush=True)
+    return rows
+
+
 # --------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lever", choices=["channels_last", "compile", "backward", "workers", "head", "all"])
+    parser.add_argument("lever", choices=["channels_last", "compile", "backward", "workers", "head", "profile", "all"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
@@ -333,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
             result = [lever_compile(args.size or 64, args.rounds, cl) for cl in (False, True)]
         elif lever == "backward":
             result = lever_backward(args.size or 128, args.rounds, [1, 2, 4])
+        elif lever == "profile":
+            result = lever_profile(args.size or 64, 128, args.out)
         elif lever == "workers":
             result = lever_workers(args.size or 128, [(0, False), (1, False), (2, False), (2, True)], 2, save=save)
         else:
