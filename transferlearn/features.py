@@ -24,7 +24,7 @@ from .heads import find_head
 from .loaders import index_batches, rebuild_loader, sampler_support
 from .transforms import ImagePreprocess
 
-__all__ = ["extract_features", "is_deterministic", "FeatureCache", "build_cache"]
+__all__ = ["extract_features", "is_deterministic", "FeatureCache", "build_cache", "extract_quietly"]
 
 # Transforms whose output depends only on their input (no random numbers drawn).
 _DETERMINISTIC = (T.Resize, T.CenterCrop, T.ToTensor, T.PILToTensor, T.ConvertImageDtype,
@@ -148,6 +148,18 @@ class FeatureCache:
             yield self.features[rows], self.targets[rows]
 
 
+def extract_quietly(model: nn.Module, loader: Any, *, head: str | None, device: torch.device) -> TensorDataset:
+    """``extract_features`` without disturbing any random state (the global torch RNG and the
+    loader's generator are as before), so that caching changes no later random draw."""
+    generator = getattr(loader, "generator", None)
+    saved = generator.get_state() if generator is not None else None
+    with torch.random.fork_rng(devices=[]):
+        extracted = extract_features(model, loader, head=head, device=device)
+    if generator is not None:
+        generator.set_state(saved)
+    return extracted
+
+
 def build_cache(model: nn.Module, loader: DataLoader, *, head: str | None, device: torch.device,
                 dist: Distributed) -> FeatureCache:
     """Extract features once for every sample ``loader`` can draw (all of the dataset, or the
@@ -158,13 +170,7 @@ def build_cache(model: nn.Module, loader: DataLoader, *, head: str | None, devic
     if not indices:
         raise ValueError("train_loader's sampler declares no indices: nothing to train on")
     mine = [indices[p] for p in dist.positions(len(indices))]
-    ordered = rebuild_loader(loader, sampler=mine)
-    generator = loader.generator
-    saved = generator.get_state() if generator is not None else None
-    with torch.random.fork_rng(devices=[]):
-        extracted = extract_features(model, ordered, head=head, device=device)
-    if generator is not None:
-        generator.set_state(saved)
+    extracted = extract_quietly(model, rebuild_loader(loader, sampler=mine), head=head, device=device)
     if len(extracted.tensors) < 2:
         raise ValueError("train_loader must yield (inputs, targets) batches")
     features, targets = (dist.gather_positions(t, len(indices)) for t in extracted.tensors)

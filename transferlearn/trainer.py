@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from . import checkpoint as ckpt
 from ._checks import check_choice, check_float, check_head_name, check_module, check_seed, describe
@@ -28,7 +29,7 @@ from .batches import split_batch
 from .batchnorm import freeze_bn_running_stats, pin_early_bn, unfreeze_bn_running_stats
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .features import FeatureCache, build_cache
+from .features import FeatureCache, build_cache, extract_quietly
 from .freezing import freeze_backbone, unfreeze
 from .heads import find_head
 from .history import History
@@ -134,6 +135,8 @@ class Trainer:
                     "unfreeze": unfreeze}
         cfg = fit_settings(strategy, {k: v for k, v in explicit.items() if v is not _UNSET})
         use_cache = use_feature_cache(cache_features, train_loader, cfg["warmup_epochs"])
+        cache_val = cache_features is not False and val_loader is not None and \
+            use_feature_cache("auto", val_loader, cfg["warmup_epochs"])
         best = self._best_tracker(val_loader, monitor, patience, restore_best)
         self._seed_everything()
         self.optimizer = self.make_optimizer(param_groups(
@@ -144,15 +147,19 @@ class Trainer:
         generator = getattr(train_loader, "generator", None) or \
             getattr(getattr(train_loader, "sampler", None), "generator", None)
         history, epoch = self._restore(resume, plan, generator, best)
-        cache, entered = None, None
+        cache, val_cache, entered = None, None, None
         while epoch < len(plan):
             phase = plan[epoch]
             if entered != phase:
                 entered = self._enter_phase(phase, cfg, cached=use_cache and phase == "warmup", best=best)
             if phase == "warmup" and use_cache and cache is None:
                 cache = build_cache(self.model, train_loader, head=self.head, device=self.device, dist=self.dist)
+            if phase == "warmup" and cache_val and val_cache is None:
+                val_cache = extract_quietly(self.model, val_loader, head=self.head, device=self.device)
             self.dist.set_epoch(train_loader, epoch)
-            record = self._epoch(epoch, plan, train_loader, val_loader, cache if phase == "warmup" else None)
+            warm = phase == "warmup"
+            record = self._epoch(epoch, plan, train_loader, val_loader, cache if warm else None,
+                                 val_cache if warm else None)
             if val_loader is not None:
                 record["best"] = best.update(record, self.model)
             epoch += 1
@@ -190,8 +197,9 @@ class Trainer:
         return best
 
     def _epoch(self, epoch: int, plan: list[str], train_loader: Any, val_loader: Any,
-               cache: FeatureCache | None) -> dict[str, Any]:
-        """Train one epoch (on cached features when given), validate, return its record."""
+               cache: FeatureCache | None, val_cache: TensorDataset | None) -> dict[str, Any]:
+        """Train one epoch (on cached features when given), validate (the head alone on cached
+        validation features while the backbone is frozen), return its record."""
         began = time.perf_counter()
         phase = plan[epoch]
         where = f"epoch {epoch + 1}/{len(plan)} {phase}"
@@ -200,7 +208,12 @@ class Trainer:
         record = {"epoch": epoch + 1, "phase": phase, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
                          if any(p.requires_grad for p in g["params"])}}
-        if val_loader is not None:
+        if val_cache is not None and len(val_cache.tensors) == 2:
+            head = self.model.get_submodule(find_head(self.model, head=self.head)[0])
+            batches = DataLoader(val_cache, batch_size=getattr(val_loader, "batch_size", None) or 256)
+            scores = evaluate(head, batches, criterion=self.criterion, device=self.device, precision=self.precision)
+            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+        elif val_loader is not None:
             scores = self.evaluate(val_loader)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
         record["seconds"] = time.perf_counter() - began
