@@ -1,13 +1,201 @@
-"""The command line: install-weights and recommend."""
+"""The command line: fit / evaluate / predict / export on real photos in fresh processes; every
+error is one line on stderr with exit status 2; install-weights and recommend."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
+from transferlearn import imagenet_transform, load_model
+from transferlearn._cli_commands import _strategy
+from transferlearn.classifier import load_classifier, save_classifier
 from transferlearn.cli import main
+
+ROOT = Path(__file__).parents[1]
+PHOTOS = {"cat": "chelsea", "cup": "coffee", "rocket": "rocket"}
+
+
+def _variants(array: np.ndarray, n: int, offset: int) -> list[Image.Image]:
+    """``n`` different views of one photo: crops at several places and scales, some mirrored."""
+    image = Image.fromarray(array).convert("RGB")
+    w, h = image.size
+    views = []
+    for k in range(offset, offset + n):
+        scale = 0.65 + 0.07 * (k % 5)
+        cw, ch = int(w * scale), int(h * scale)
+        left, top = (k * 37) % (w - cw + 1), (k * 23) % (h - ch + 1)
+        view = image.crop((left, top, left + cw, top + ch)).resize((112, int(112 * ch / cw)))
+        views.append(view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if k % 2 else view)
+    return views
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """DATA/<class>/*.jpg|png: 6 real photos per class (skimage's cat, espresso cup and rocket),
+    and NEW/<class>.jpg: one more view of each, never seen in training."""
+    from skimage import data
+    root = tmp_path_factory.mktemp("photos")
+    for name, source in PHOTOS.items():
+        (root / "data" / name).mkdir(parents=True)
+        for i, view in enumerate(_variants(getattr(data, source)(), 6, 0)):
+            view.save(root / "data" / name / f"{i}.{'jpg' if i % 2 else 'png'}")
+        (root / "new").mkdir(exist_ok=True)
+        _variants(getattr(data, source)(), 1, 7)[0].save(root / "new" / f"{name}.jpg")
+    return root
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full = {**os.environ, "TORCH_HOME": os.environ["TORCH_HOME"], **(env or {})}
+    return subprocess.run([sys.executable, "-m", "transferlearn", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=full, timeout=600)
+
+
+@pytest.mark.slow          # four fresh interpreters and a training run: about 30 s on 2 idle cores
+@pytest.mark.pretrained
+def test_fit_then_predict_evaluate_and_export_in_other_processes(photos, tmp_path, mobilenet_weights):
+    run = tmp_path / "run"
+    done = _run("fit", str(photos / "data"), "--out", str(run), "--weights", "IMAGENET1K_V1", "--epochs", "2",
+                "--image-size", "64", "--batch-size", "8", "--val-fraction", "0.34", "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    assert "strategy feature_extraction (2 warm-up + 0 fine-tune epochs)" in done.stdout
+    assert {"classifier.json", "history.json", "metrics.json", "curves.png", "confusion_matrix.png"} <= \
+        {p.name for p in run.iterdir()}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["count"] == 6 and metrics["classes"] == sorted(PHOTOS) and metrics["best_epoch"] in (1, 2)
+    assert len(json.loads((run / "history.json").read_text())) == 2
+    config = json.loads((run / "classifier.json").read_text())
+    assert config["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V1" and config["transform"]["size"] == 64
+
+    new = [str(photos / "new" / f"{name}.jpg") for name in PHOTOS]
+    done = _run("predict", str(run), *new, "--top-k", "2", "--json", env={"TORCH_HOME": str(tmp_path / "empty")})
+    assert done.returncode == 0, done.stderr                     # no pretrained checkpoint needed to predict
+    rows = json.loads(done.stdout)
+    assert [r["path"] for r in rows] == new and all(len(r["top_k"]) == 2 for r in rows)
+    expected = load_classifier(run).predict_proba(new)
+    for row, probs in zip(rows, expected):
+        assert row["probability"] == pytest.approx(float(probs.max()), abs=1e-6)
+    assert [r["class"] for r in rows] == list(PHOTOS)         # a new view of each photo, classified right
+
+    done = _run("evaluate", str(run), str(photos / "data"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {"accuracy", "per_class", "confusion_matrix"} <= set(report)
+    assert sum(map(sum, report["confusion_matrix"])) == 18 and set(report["per_class"]) == set(PHOTOS)
+
+    done = _run("export", str(run), "--onnx", str(tmp_path / "clf.onnx"))
+    assert done.returncode == 0, done.stderr
+    ort = pytest.importorskip("onnxruntime")
+    clf = load_classifier(run)
+    session = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
+    from transferlearn.images import load_image
+    batch = torch.stack([clf.transform(load_image(p, draft=(73, 73))) for p in new]).numpy()
+    assert np.abs(session.run(None, {"input": batch})[0] - expected.numpy()).max() <= 1e-4
+
+
+def test_fit_without_pretrained_weights_writes_a_complete_run(photos, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["fit", str(photos / "data"), "--out", str(run), "--weights", "none", "--epochs", "1",
+                 "--image-size", "32", "--workers", "0", "--strategy", "fine_tune_all"]) == 0
+    out = capsys.readouterr().out
+    assert "strategy fine_tune_all (1 warm-up + 0 fine-tune epochs)" in out and "saved the classifier" in out
+    assert {"classifier.json", "history.json", "metrics.json", "curves.png", "confusion_matrix.png",
+            "top_losses.png"} <= {p.name for p in run.iterdir()}
+    assert load_classifier(run).config.weights is None
+    assert main(["predict", str(run), str(photos / "new" / "cat.jpg")]) == 0
+    line = capsys.readouterr().out.strip()
+    path, name, probability = line.split("\t")
+    assert path.endswith("cat.jpg") and name in PHOTOS and 0 < float(probability) <= 1
+
+
+@pytest.mark.parametrize("name, epochs, expected", [
+    ("auto", None, ("feature_extraction", 5, 0)), ("auto", 3, ("feature_extraction", 3, 0)),
+    ("fine_tune_last", None, ("fine_tune_last", 2, 3)), ("fine_tune_last", 1, ("fine_tune_last", 1, 0)),
+    ("fine_tune_all", 2, ("fine_tune_all", 1, 1)), ("fine_tune_all", 10, ("fine_tune_all", 4, 6)),
+    ("feature_extraction", 4, ("feature_extraction", 4, 0)),
+])
+def test_strategy_and_epochs(name, epochs, expected):
+    strategy = _strategy(name, 6, epochs)
+    assert (strategy.kind, strategy.warmup_epochs, strategy.finetune_epochs) == expected
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("run")
+    save_classifier(load_model("mobilenet_v2", weights=None, num_classes=3), path, classes=sorted(PHOTOS),
+                    transform=imagenet_transform(size=32, resize=36))
+    return path
+
+
+def _error_cases(photos: Path, run_dir: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "file.txt").write_text("x")
+    (tmp / "empty").mkdir()
+    (tmp / "busy").mkdir()
+    (tmp / "busy" / "keep.txt").write_text("x")
+    (tmp / "other" / "dog").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(tmp / "other" / "dog" / "a.png")
+    (tmp / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    data, new = str(photos / "data"), str(photos / "new" / "cat.jpg")
+    return [
+        (["fit", str(tmp / "nowhere"), "--out", str(tmp / "r1"), "--weights", "none"], r"image folder '.*nowhere' does not exist"),
+        (["fit", str(tmp / "file.txt"), "--out", str(tmp / "r2"), "--weights", "none"], r"image folder '.*file.txt' is a file"),
+        (["fit", str(tmp / "empty"), "--out", str(tmp / "r3"), "--weights", "none"], r"has no class folders"),
+        (["fit", data, "--out", str(tmp / "r4"), "--arch", "resnet9000"], r"arch='resnet9000' is not a torchvision model"),
+        (["fit", data, "--out", str(tmp / "busy"), "--weights", "none"], r"--out '.*busy' exists and is not empty"),
+        (["fit", data, "--out", str(tmp / "file.txt"), "--weights", "none"], r"--out '.*file.txt' is a file"),
+        (["fit", data, "--out", str(tmp / "r5"), "--weights", "IMAGENET9K"], r"weights='IMAGENET9K' is not one of mobilenet_v2's weights"),
+        (["fit", data, "--out", str(tmp / "r6"), "--strategy", "magic"], r"argument --strategy: invalid choice: 'magic'.*\(see 'transferlearn fit --help'\)"),
+        (["fit", data], r"the following arguments are required: --out"),
+        (["fit", data, "--out", str(tmp / "r7"), "--weights", "none", "--val-fraction", "1.5"], r"val_fraction must be a finite number >= 0.0 and <= 1.0, got 1.5"),
+        (["fit", data, "--out", str(tmp / "r8"), "--epochs", "0"], r"argument --epochs: must be an integer >= 1, got 0"),
+        (["evaluate", str(tmp / "empty"), data], r"'.*empty' is not a saved classifier: it has no classifier.json"),
+        (["evaluate", str(tmp / "nowhere"), data], r"directory='.*nowhere' does not exist"),
+        (["evaluate", str(tmp / "file.txt"), data], r"directory='.*file.txt' exists and is not a directory"),
+        (["evaluate", str(run_dir), str(tmp / "other")], r"has class folders the classifier does not know: \['dog'\]"),
+        (["predict", str(run_dir), str(tmp / "broken.jpg")], r"cannot read image '.*broken.jpg'"),
+        (["predict", str(run_dir), str(tmp / "empty")], r"Is a directory.*empty"),
+        (["predict", str(run_dir), str(tmp / "missing.jpg")], r"No such file or directory.*missing.jpg"),
+        (["predict", str(run_dir), new, "--top-k", "9"], r"top_k must be an int in \[1, 3\], got 9"),
+        (["predict", str(run_dir), new, "--top-k", "zero"], r"argument --top-k: invalid _positive value: 'zero'"),
+        (["predict", str(tmp / "empty"), new], r"is not a saved classifier"),
+        (["export", str(tmp / "empty"), "--onnx", str(tmp / "x.onnx")], r"is not a saved classifier"),
+        ([], r"the following arguments are required: COMMAND"),
+        (["recommend", "0"], r"images_per_class must be an int >= 1, got 0"),
+    ]
+
+
+def test_every_error_is_one_line_and_status_2(photos, run_dir, tmp_path, capsys):
+    import re
+    for argv, pattern in _error_cases(photos, run_dir, tmp_path):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert "\n" not in err and err.startswith("transferlearn: error: "), (argv, captured.err)
+        assert re.search(pattern, err), (argv, err)
+        assert "Traceback" not in captured.err + captured.out
+
+
+def test_errors_in_a_real_process_print_no_traceback(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    done = _run("fit", str(tmp_path / "file.txt"), "--out", str(tmp_path / "r"), "--weights", "none")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("transferlearn: error: image folder"), done.stderr
+
+
+def test_missing_pretrained_weights_is_one_line(photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))      # an empty cache
+    assert main(["fit", str(photos / "data"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights MobileNet_V2_Weights.IMAGENET1K_V2 are not in the torch hub cache" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_recommend_prints_the_strategy(capsys):
