@@ -45,6 +45,8 @@ class ClassificationReport:
         top_losses: the most confidently wrong samples, highest loss first: ``index`` (position
             in the data), ``path`` (when the dataset has ``.samples`` and the order is known, else
             None), ``true``, ``predicted``, ``loss``, ``probability`` (of the predicted class).
+        images: the input tensors of ``top_losses``, for ``plot_top_losses`` (not in ``to_dict``).
+        stats: ``(mean, std)`` that ``plot_top_losses`` uses to undo the normalisation.
     """
 
     classes: tuple[str, ...]
