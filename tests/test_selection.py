@@ -71,7 +71,7 @@ def test_patience_ends_the_warmup_then_fine_tuning_still_runs(monkeypatch):
     trainer = Trainer(model(), progress=False)
     scripted = iter([1.0, 1.1, 1.2, 0.9, 0.8, 0.85, 0.86])       # warm-up stalls after epoch 1
     monkeypatch.setattr(trainer, "evaluate", lambda _loader: {"loss": next(scripted), "accuracy": 0.5})
-    history = trainer.fit(train, val, warmup_epochs=4, finetune_epochs=4, patience=2)
+    history = trainer.fit(train, val, warmup_epochs=4, finetune_epochs=4, patience=2, cache_features=False)
     assert [r["epoch"] for r in history] == [1, 2, 3, 5, 6, 7, 8]
     assert [r.get("stopped_early", False) for r in history] == [False, False, True, False, False, False, True]
     assert history.best["epoch"] == 6

@@ -41,3 +41,36 @@ def test_a_randomly_augmented_validation_set_is_not_cached():
     val = DataLoader(Augmented(separable(32)), batch_size=16)    # 2 batches
     _, calls, _ = run("auto", val=val)
     assert calls == 4 + 4 * 2
+
+
+# ------------------------------------------------------------------------------ memory layout
+def layouts_seen(m):
+    seen = []
+    m.stage1.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                     and not args[0].is_contiguous()))
+    return seen
+
+
+def fit_tiny(channels_last, m=None):
+    m = model() if m is None else m
+    seen = layouts_seen(m)
+    Trainer(m, progress=False, seed=0, channels_last=channels_last).fit(
+        DataLoader(separable(32), batch_size=16, shuffle=True), warmup_epochs=0, finetune_epochs=2)
+    return m, seen
+
+
+def test_channels_last_runs_inside_fit_and_the_model_leaves_in_its_own_layout():
+    fast, seen_fast = fit_tiny("auto")
+    plain, seen_plain = fit_tiny(False)
+    assert seen_fast and all(seen_fast) and not any(seen_plain)
+    assert all(p.is_contiguous() for p in fast.parameters())
+    for a, b in zip(fast.state_dict().values(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)       # the same training, another layout
+
+
+def test_a_model_the_user_put_in_channels_last_stays_so():
+    m = model().to(memory_format=torch.channels_last)
+    fit_tiny("auto", m)
+    assert m.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not m.stem[0].weight.is_contiguous()
