@@ -86,3 +86,18 @@ def test_unfreeze_all(tiny):
 def test_errors(tiny, call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call(tiny)
+
+
+def test_set_phase_is_what_the_trainer_does_at_each_switch(tiny):
+    from transferlearn import is_bn_frozen
+    from transferlearn.freezing import set_phase
+    assert set_phase(tiny, "warmup") is tiny
+    assert [n for n, p in tiny.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    assert all(is_bn_frozen(m) for m in tiny.modules() if isinstance(m, nn.BatchNorm2d))
+    set_phase(tiny, "finetune", last=1, freeze_bn=False)
+    assert not any(p.requires_grad for p in tiny.stem.parameters()) and tiny.stage2[0].weight.requires_grad
+    assert not any(is_bn_frozen(m) for m in tiny.modules())
+    with pytest.raises(ValueError, match=r"phase must be 'warmup' or 'finetune', got 'train'"):
+        set_phase(tiny, "train")
+    with pytest.raises(TypeError, match=r"freeze_bn must be True, False or 'early', got 1"):
+        set_phase(tiny, "finetune", freeze_bn=1)

@@ -16,7 +16,7 @@ from ._checks import describe
 from ._io import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_differences", "optimizer_layout",
-           "write_epoch", "read_resume",
+           "write_epoch", "read_resume", "seed_everything",
            "rng_state", "set_rng_state", "resolve_resume", "LAST", "BEST", "FORMAT"]
 
 LAST = "last.pt"
@@ -24,6 +24,13 @@ BEST = "best.pt"
 FORMAT = 2
 _FIELDS = ("epoch", "next", "phase", "model", "optimizer", "optimizer_class", "groups", "scaler", "history",
            "rng", "best")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and ``random`` (what ``rng_state`` captures)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:

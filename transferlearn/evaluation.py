@@ -12,8 +12,8 @@ from torch import nn
 from ._checks import check_int, check_module, describe
 from ._io import eval_mode, run_device
 from ._runtime import Precision
-from .distributed import Distributed
 from .batches import split_batch
+from .distributed import Distributed
 from .heads import find_head
 
 __all__ = ["evaluate", "predict"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._checks import check_head_name, check_int, check_module, describe
+from ._checks import check_choice, check_head_name, check_int, check_module, describe
+from .batchnorm import freeze_bn_running_stats, pin_early_bn, unfreeze_bn_running_stats
 from .groups import head_parameters, split_layer_groups
 
-__all__ = ["freeze_backbone", "unfreeze", "head_parameters"]
+__all__ = ["freeze_backbone", "unfreeze", "head_parameters", "set_phase"]
 
 
 def _set_trainable(model: nn.Module, trainable: set[int]) -> None:
@@ -91,4 +92,39 @@ def unfreeze(model: nn.Module, *, last: int | None = None, head: str | None = No
     for _, params in backbone[len(backbone) - last:] if last else []:
         trainable |= {id(p) for p in params}
     _set_trainable(model, trainable)
+    return model
+
+
+def set_phase(model: nn.Module, phase: str, *, last: int | None = None, freeze_bn: bool | str = True,
+              head: str | None = None) -> nn.Module:
+    """Put ``model`` in the state of a training phase, as the Trainer does at each phase switch.
+
+    ``"warmup"``: ``freeze_backbone`` and every BatchNorm pinned. ``"finetune"``:
+    ``unfreeze(last=last)``, then BatchNorm statistics pinned (``freeze_bn=True``), adapting
+    (``False``) or pinned in the first half of the backbone only (``"early"``).
+
+    Args:
+        model: the network (changed in place).
+        phase: ``"warmup"`` or ``"finetune"``.
+        last: with ``"finetune"``, train only the head and the last N layer groups.
+        freeze_bn: the fine-tune BatchNorm policy.
+        head: explicit dotted name of the head.
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> set_phase(model, "finetune", last=2, freeze_bn="early")
+    """
+    check_choice("phase", phase, ("warmup", "finetune"))
+    check_choice("freeze_bn", freeze_bn, (True, False, "early"))
+    if phase == "warmup":
+        freeze_backbone(model, head=head)
+        return freeze_bn_running_stats(model)
+    unfreeze(model, last=last, head=head)
+    if freeze_bn is True:
+        return freeze_bn_running_stats(model)
+    unfreeze_bn_running_stats(model)
+    if freeze_bn == "early":
+        pin_early_bn(model, head=head)
     return model

@@ -43,11 +43,14 @@ class BestEpoch:
     Args:
         monitor: ``"val_loss"`` or ``"val_accuracy"``.
         patience: end a phase after this many epochs without a new best (None: never).
+        validating: whether the run validates at all (patience needs it).
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int | None = None) -> None:
+    def __init__(self, monitor: str = "val_loss", patience: int | None = None, *, validating: bool = True) -> None:
         self.monitor = check_choice("monitor", monitor, MONITORS)
         self.patience = None if patience is None else check_int("patience", patience, minimum=1)
+        if patience is not None and not validating:
+            raise ValueError(f"patience={patience} needs a val_loader to measure improvement")
         self.epoch: int | None = None
         self.key: tuple[float, float] | None = None
         self.state: dict[str, torch.Tensor] | None = None

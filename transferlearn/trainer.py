@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,11 +24,10 @@ from . import checkpoint as ckpt
 from ._checks import check_choice, check_float, check_head_name, check_module, check_seed, describe
 from ._runtime import Precision, Progress, memory_layout, pick_device, use_channels_last
 from .batches import split_batch
-from .batchnorm import freeze_bn_running_stats, pin_early_bn, unfreeze_bn_running_stats
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
 from .features import FeatureCache, build_cache, extract_quietly
-from .freezing import freeze_backbone, unfreeze
+from .freezing import set_phase
 from .heads import find_head
 from .history import History
 from .optim import param_groups
@@ -143,7 +140,8 @@ class Trainer:
         use_cache = use_feature_cache(cache_features, train_loader, cfg["warmup_epochs"])
         cache_val = cache_features is not False and val_loader is not None and \
             use_feature_cache("auto", val_loader, cfg["warmup_epochs"])
-        best = self._best_tracker(val_loader, monitor, patience, restore_best)
+        check_choice("restore_best", restore_best, (True, False))
+        best = BestEpoch(monitor, patience, validating=val_loader is not None)
         with memory_layout(self.model, self.channels_last) as self._nhwc:
             history = self._run(cfg, train_loader, val_loader, resume, best, (use_cache, cache_val))
         self._finish(history, best, restore_best and val_loader is not None)
@@ -153,7 +151,8 @@ class Trainer:
              caching: tuple[bool, bool]) -> History:
         """The loop: seed, optimizer, resume, then epoch after epoch through the plan."""
         use_cache, cache_val = caching
-        self._seed_everything()
+        if self.seed is not None:
+            ckpt.seed_everything(self.seed)
         self.optimizer = self.make_optimizer(param_groups(
             self.model, head_lr=cfg["head_lr"], backbone_lr=cfg["backbone_lr"],
             weight_decay=cfg["weight_decay"], head=self.head))
@@ -189,7 +188,6 @@ class Trainer:
             self._enter_phase(plan[-1], cfg, cached=False, best=best)
         return history
 
-
     def _finish(self, history: History, best: BestEpoch, restore: bool) -> None:
         if best.epoch is not None:
             history.mark_best(best.epoch)
@@ -197,19 +195,6 @@ class Trainer:
                 self.model.load_state_dict(best.state)
         self.model.eval()  # ready for inference: no one forgets eval() after fit
         self.history = history
-
-    def _seed_everything(self) -> None:
-        if self.seed is not None:
-            torch.manual_seed(self.seed)
-            random.seed(self.seed)
-            np.random.seed(self.seed)
-
-    def _best_tracker(self, val_loader: Any, monitor: Any, patience: Any, restore_best: Any) -> BestEpoch:
-        check_choice("restore_best", restore_best, (True, False))
-        best = BestEpoch(monitor, patience)
-        if patience is not None and val_loader is None:
-            raise ValueError(f"patience={patience} needs a val_loader to measure improvement")
-        return best
 
     def _epoch(self, epoch: int, plan: list[str], train_loader: Any, val_loader: Any,
                cache: FeatureCache | None, val_cache: TensorDataset | None) -> dict[str, Any]:
@@ -223,32 +208,24 @@ class Trainer:
         record = {"epoch": epoch + 1, "phase": phase, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
                          if any(p.requires_grad for p in g["params"])}}
-        if val_cache is not None and len(val_cache.tensors) == 2:
-            head = self.model.get_submodule(find_head(self.model, head=self.head)[0])
-            batches = DataLoader(val_cache, batch_size=getattr(val_loader, "batch_size", None) or 256)
-            scores = evaluate(head, batches, criterion=self.criterion, device=self.device, precision=self.precision)
-            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
-        elif val_loader is not None:
-            scores = self.evaluate(val_loader)
+        if val_loader is not None:
+            scores = self._validate(val_loader, val_cache)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
         record["seconds"] = time.perf_counter() - began
         return record
+
+    def _validate(self, val_loader: Any, val_cache: TensorDataset | None) -> dict[str, float | None]:
+        if val_cache is None or len(val_cache.tensors) < 2:
+            return self.evaluate(val_loader)
+        head = self.model.get_submodule(find_head(self.model, head=self.head)[0])
+        batches = DataLoader(val_cache, batch_size=getattr(val_loader, "batch_size", None) or 256)
+        return evaluate(head, batches, criterion=self.criterion, device=self.device, precision=self.precision)
 
     # -------------------------------------------------------------------------- phases
     def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool, best: BestEpoch) -> str:
         self._forward = self.model  # drop an old DDP wrapper before the trainable set changes
         best.new_phase()
-        if phase == "warmup":
-            freeze_backbone(self.model, head=self.head)
-            freeze_bn_running_stats(self.model)
-        else:
-            unfreeze(self.model, last=cfg["unfreeze"], head=self.head)
-            if cfg["freeze_bn"] is True:
-                freeze_bn_running_stats(self.model)
-            else:
-                unfreeze_bn_running_stats(self.model)
-            if cfg["freeze_bn"] == "early":
-                pin_early_bn(self.model, head=self.head)
+        set_phase(self.model, phase, last=cfg["unfreeze"], freeze_bn=cfg["freeze_bn"], head=self.head)
         # DDP syncs what is trainable when it is built: the head alone on cached features
         target = self.model.get_submodule(find_head(self.model, head=self.head)[0]) if cached else self.model
         self._forward = self.dist.wrap(target, self.device)
