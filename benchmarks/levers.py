@@ -285,6 +285,8 @@ def lever_head(which: str, size: int, seeds: int) -> list[dict[str, Any]]:
         f"adam {e} epochs": (lambda s, e=e: _adam_head(train, classes, e, s)) for e in (5, 10, 20, 50)}
     for l2 in (0.0, 1.0 / n, 10.0 / n):
         variants[f"lbfgs l2={l2:.1e}"] = lambda s, l2=l2: _lbfgs_head(train, classes, l2, 500)
+    for iters in (50, 100, 200):  # l2 = 1/n is scikit-learn's C=1
+        variants[f"lbfgs l2=1/n, max_iter={iters}"] = lambda s, i=iters: _lbfgs_head(train, classes, 1.0 / n, i)
     rows = []
     for name, make in variants.items():
         accs, secs = [], []
