@@ -186,3 +186,20 @@ def test_no_fd_leak_on_error(tmp_path):
             load_image(path)
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_error_in_a_dataloader_worker_keeps_its_type_and_path(tmp_path):
+    from torch.utils.data import DataLoader
+    path = truncated(tmp_path, ".jpg")
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return imagenet_transform(size=16)(load_image(path))
+
+    with pytest.raises(ImageReadError, match=rf"cannot read image '{path}': truncated") as info:
+        next(iter(DataLoader(Files(), num_workers=1)))
+    assert info.value.path == path and info.value.reason.startswith("truncated or corrupt image data")
+    assert "worker process" in str(info.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -28,13 +29,23 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".
 class ImageReadError(ValueError):
     """A file exists but cannot be read as an image.
 
+    Raised in a DataLoader worker, it reaches the main process as an ``ImageReadError`` too
+    (its message then also holds the worker's traceback).
+
     Attributes:
         path: the file.
         reason: why it could not be read (e.g. ``"empty file"``, ``"truncated or corrupt
             image data: ..."``).
     """
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:
+            # One argument: a whole message, as a DataLoader re-raises a worker's error (with
+            # the worker's traceback). Keep the type; recover path and reason from the text.
+            found = re.findall(r"cannot read image '(.*?)': (.*)", str(path))
+            self.path, self.reason = found[-1] if found else (None, str(path))
+            super().__init__(str(path))
+            return
         self.path, self.reason = str(path), reason
         super().__init__(f"cannot read image {self.path!r}: {reason}")
 
