@@ -421,3 +421,20 @@ def test_loader_errors(tmp_path, kwargs, exc, pattern):
     make_folder(tmp_path, {"a": 2})
     with pytest.raises(exc, match=pattern):
         load_image_folder(tmp_path, **SMALL).loaders(**kwargs)
+
+
+def test_trainer_caches_features_on_the_default_train_split_and_fits(tmp_path):
+    from torch import nn
+
+    from transferlearn import Trainer
+    from transferlearn.settings import use_feature_cache
+    make_folder(tmp_path, {"a": 5, "b": 5})
+    data = load_image_folder(tmp_path, **SMALL)
+    train, val = data.loaders(batch_size=4)
+    assert use_feature_cache("auto", train, 2)
+    aug_train, _ = load_image_folder(tmp_path, augment=True, **SMALL).loaders(batch_size=4)
+    assert not use_feature_cache("auto", aug_train, 2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    history = Trainer(model, progress=False).fit(train, val, warmup_epochs=1, finetune_epochs=1)
+    assert len(history) == 2 and all(0 <= r["val_accuracy"] <= 1 for r in history)
