@@ -438,3 +438,24 @@ def test_trainer_caches_features_on_the_default_train_split_and_fits(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     history = Trainer(model, progress=False).fit(train, val, warmup_epochs=1, finetune_epochs=1)
     assert len(history) == 2 and all(0 <= r["val_accuracy"] <= 1 for r in history)
+
+
+def test_draft_is_used_for_large_jpegs_and_draft_false_is_exact(tmp_path):
+    from skimage import data as skdata
+    (tmp_path / "a").mkdir()
+    Image.fromarray(skdata.chelsea()).resize((1200, 800), Image.Resampling.BICUBIC).save(tmp_path / "a" / "big.jpg")
+    oracle = imagenet_transform(**SMALL)(load_image(tmp_path / "a" / "big.jpg"))
+    exact = load_image_folder(tmp_path, val_fraction=0, draft=False, **SMALL)
+    drafted = load_image_folder(tmp_path, val_fraction=0, **SMALL)
+    assert torch.equal(exact.train[0][0], oracle)
+    assert not torch.equal(drafted.train[0][0], oracle)                  # decoded at 1/8: 150 x 100
+    assert (unnormalise(drafted.train[0][0]) - unnormalise(oracle)).abs().mean() < 0.02
+
+
+def test_datasets_pickle_with_their_cache(tmp_path):
+    import pickle
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    data = load_image_folder(tmp_path, val_fraction=0, **SMALL)
+    copy = pickle.loads(pickle.dumps(data.train))                        # what a spawned worker gets
+    assert copy.cache.count == 4 and copy.cache.bytes == data.cache.bytes
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(items(copy), items(data.train)))
