@@ -110,8 +110,8 @@ def decision_table(task: str, sizes: dict[str, Any]) -> str:
 def probe_table(probe: dict[str, Any]) -> str:
     """Head-only epochs on cached features against the converged logistic probe."""
     cols = list(next(iter(probe.values()))["rows"])
-    lines = ["| task | " + " | ".join(c.replace("head_", "head, ") + (" epochs" if c != "probe" else " (L-BFGS)")
-                                       for c in cols) + " |",
+    names = {"probe": "logistic probe (L-BFGS)", "head_default": "library default"}
+    lines = ["| task | " + " | ".join(names.get(c, c.replace("head_", "head, ") + " epochs") for c in cols) + " |",
              "| --- | " + " | ".join("---" for _ in cols) + " |"]
     for task, entry in probe.items():
         lines.append(f"| {task} ({entry['n_per_class']}/class, {entry['size']} px) | "

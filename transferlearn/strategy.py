@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Union
 
@@ -55,6 +56,17 @@ class Strategy:
 _SMALL, _MEDIUM, _HUGE = 1000, 10000, 1_000_000
 
 
+def _head_epochs(images_per_class: int) -> int:
+    """Head-only epochs of feature extraction: enough optimizer steps for the head to converge.
+
+    The Trainer trains them on cached features, so they cost almost nothing. A fixed 5 left
+    the head 2-14 points short of a converged logistic probe on the same features; what
+    converges is a number of steps, so small datasets (few batches per epoch) need more
+    epochs: 10,000 / images per class, between 20 and 200 (docs/evidence.md, "head epochs").
+    """
+    return min(200, max(20, math.ceil(10_000 / images_per_class)))
+
+
 def recommend_strategy(images_per_class: int, *, similar_domain: bool = True,
                        total_images: int | None = None) -> Strategy:
     """Choose a transfer-learning strategy from dataset size and domain similarity.
@@ -102,7 +114,7 @@ def recommend_strategy(images_per_class: int, *, similar_domain: bool = True,
                         "different domain: fine-tune all layers, early ones slowest, with "
                         "augmentation; BatchNorm statistics adapt in the later stages only")
     if images_per_class <= _SMALL:
-        return Strategy("feature_extraction", 5, 0, 1e-3, None, 0, True, False, True,
+        return Strategy("feature_extraction", _head_epochs(images_per_class), 0, 1e-3, None, 0, True, False, True,
                         f"similar domain, {images_per_class} <= {_SMALL} images per class: "
                         "train the head only")
     if images_per_class <= _MEDIUM:
