@@ -92,7 +92,7 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
 
 def _root(root: str | os.PathLike | None) -> Path:
     if root is None:
-        return DEFAULT_ROOT
+        return Path(os.environ.get("TRANSFERLEARN_DATA", DEFAULT_ROOT))
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a path (str or os.PathLike) or None, got {describe(root)}")
     return Path(root)
@@ -106,7 +106,7 @@ def chess(root: str | os.PathLike | None = None) -> Path:
     re-saved as PNG, so every file opens with ``ImageFolder``.
 
     Args:
-        root: the cache folder (default ``<repo>/.cache/data``).
+        root: the cache folder (default ``$TRANSFERLEARN_DATA``, else ``<repo>/.cache/data``).
 
     Returns:
         The folder holding one sub-folder per class (Bishop, King, Knight, Pawn, Queen, Rook).
@@ -149,7 +149,7 @@ def elpv(root: str | os.PathLike | None = None, *, threshold: float = 0.5) -> Pa
     it is fetched at run time into the cache and must not be committed.
 
     Args:
-        root: the cache folder (default ``<repo>/.cache/data``).
+        root: the cache folder (default ``$TRANSFERLEARN_DATA``, else ``<repo>/.cache/data``).
         threshold: a cell is ``defective`` when its defect probability (0, 1/3, 2/3 or 1)
             is at least this; default 0.5.
 
@@ -222,7 +222,7 @@ def digits(root: str | os.PathLike | None = None) -> Path:
     """scikit-learn's 1,797 handwritten digits as ``<root>/digits/<digit>/NNNN.png`` (8x8 greyscale).
 
     Args:
-        root: the cache folder (default ``<repo>/.cache/data``).
+        root: the cache folder (default ``$TRANSFERLEARN_DATA``, else ``<repo>/.cache/data``).
 
     Returns:
         The folder holding the sub-folders ``0`` ... ``9``.
@@ -279,7 +279,7 @@ def decoded(name: str, *, size: int, root: str | os.PathLike | None = None) -> D
     Args:
         name: ``"chess"``, ``"elpv"`` or ``"digits"``.
         size: the square side in pixels.
-        root: the cache folder (default ``<repo>/.cache/data``).
+        root: the cache folder (default ``$TRANSFERLEARN_DATA``, else ``<repo>/.cache/data``).
 
     Returns:
         A ``Decoded`` with uint8 images in class-folder order.
