@@ -175,6 +175,7 @@ def meta(cfg: dict[str, Any]) -> dict[str, Any]:
                                 text=True).stdout.strip()
     except OSError:
         commit = ""
+    commit = commit or os.environ.get("GIT_COMMIT", "")  # a run from an exported tree (git archive)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
