@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlearn import imagenet_transform, load_model
+from transferlearn import imagenet_transform, load_model, recommend_strategy
 from transferlearn._cli_commands import _strategy
 from transferlearn.classifier import load_classifier, save_classifier
 from transferlearn.cli import main
@@ -116,7 +116,8 @@ def test_fit_without_pretrained_weights_writes_a_complete_run(photos, tmp_path, 
 
 
 @pytest.mark.parametrize("name, epochs, expected", [
-    ("auto", None, ("feature_extraction", 5, 0)), ("auto", 3, ("feature_extraction", 3, 0)),
+    ("auto", None, ("feature_extraction", recommend_strategy(6).warmup_epochs, 0)),
+    ("auto", 3, ("feature_extraction", 3, 0)),
     ("fine_tune_last", None, ("fine_tune_last", 2, 3)), ("fine_tune_last", 1, ("fine_tune_last", 1, 0)),
     ("fine_tune_all", 2, ("fine_tune_all", 1, 1)), ("fine_tune_all", 10, ("fine_tune_all", 4, 6)),
     ("feature_extraction", 4, ("feature_extraction", 4, 0)),
@@ -124,6 +125,16 @@ def test_fit_without_pretrained_weights_writes_a_complete_run(photos, tmp_path, 
 def test_strategy_and_epochs(name, epochs, expected):
     strategy = _strategy(name, 6, epochs)
     assert (strategy.kind, strategy.warmup_epochs, strategy.finetune_epochs) == expected
+
+
+@pytest.mark.parametrize("name, smallest", [("feature_extraction", 50_000), ("feature_extraction", 300),
+                                            ("fine_tune_last", 6), ("fine_tune_all", 6), ("auto", 300)])
+def test_a_named_strategy_is_that_row_with_the_data_size_brought_into_it(name, smallest):
+    strategy = _strategy(name, smallest, None)
+    expected = recommend_strategy(smallest) if name == "auto" else None
+    assert strategy.kind == (expected.kind if expected else name)
+    if name == "feature_extraction":                   # head epochs follow the size, within the row
+        assert strategy == recommend_strategy(min(smallest, 1000))
 
 
 @pytest.fixture(scope="module")

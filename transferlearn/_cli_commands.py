@@ -22,13 +22,18 @@ from .trainer import Trainer
 __all__ = ["STRATEGIES", "evaluate", "export", "fit", "install", "predict", "recommend"]
 
 STRATEGIES = ("auto", "feature_extraction", "fine_tune_last", "fine_tune_all")
-# A class size that lands in each similar-domain row of the decision table (strategy.md).
-_ROW_SIZE = {"feature_extraction": 100, "fine_tune_last": 5_000, "fine_tune_all": 50_000}
+# The class sizes of each similar-domain row of the decision table (strategy.md).
+_ROWS = {"feature_extraction": (1, 1_000), "fine_tune_last": (1_001, 10_000), "fine_tune_all": (10_001, None)}
 
 
 def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
-    """The table's row (``auto``: by the smallest class), with ``epochs`` split across phases."""
-    strategy = recommend_strategy(_ROW_SIZE.get(name, smallest_class))
+    """The table's row for the smallest class (a named strategy: the data size brought into
+    that row's range, so settings that follow the size still do), epochs split across phases."""
+    low, high = _ROWS.get(name, (1, None))
+    size = max(low, smallest_class if high is None else min(high, smallest_class))
+    strategy = recommend_strategy(size)
+    if name != "auto" and strategy.kind != name:
+        raise RuntimeError(f"the decision table no longer gives {name!r} for {size} images per class")
     if epochs is None:
         return strategy
     warm, fine = strategy.warmup_epochs, strategy.finetune_epochs
