@@ -90,7 +90,7 @@ def test_checkpoint_contents_load_weights_only(tmp_path):
     run(tmp_path)
     state = torch.load(tmp_path / LAST, weights_only=True)
     assert {"model", "optimizer", "scaler", "epoch", "phase", "history", "rng"} <= set(state)
-    assert len(History(state["history"])) == 6 and "loader" not in state["rng"]
+    assert len(History(state["history"])) == 6 and state["rng"]["loaders"] == []
 
 
 def test_plan_mismatch_is_reported(tmp_path):
@@ -100,7 +100,7 @@ def test_plan_mismatch_is_reported(tmp_path):
     with pytest.raises(ValueError, match=r"ended epoch 6 in phase 'finetune', which does not fit this run's plan "
                                          r"of 6 warm-up and 0 fine-tune epochs"):
         Trainer(m, progress=False, checkpoint_dir=tmp_path).fit(train, warmup_epochs=6, finetune_epochs=0,
-                                                                resume=True)
+                                                                head_lr=1e-2, resume=True)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -166,7 +166,8 @@ def test_a_checkpoint_of_another_head_width_is_refused_and_the_model_untouched(t
 
 @pytest.mark.parametrize("change, pattern", [
     ({"trainer": {"optimizer": torch.optim.SGD}}, r"optimizer AdamW vs SGD"),
-    ({"weight_decay": 0.1}, r"parameter groups \[\['backbone', 12\], \['fc', 2\]\] vs \[\['backbone', 3\], \['backbone/no_decay', 9\]"),
+    ({"weight_decay": 0.1}, r"parameter groups \[\['backbone', 12, 0.001, 0.0\], \['fc', 2, 0.01, 0.0\]\] vs "
+                              r"\[\['backbone', 3, 0.001, 0.1\], \['backbone/no_decay', 9, 0.001, 0.0\]"),
 ])
 def test_another_optimizer_or_group_layout_is_refused(tmp_path, change, pattern):
     with pytest.raises(Interrupt):
@@ -228,3 +229,76 @@ def test_stale_temporary_files_are_removed_and_files_respect_the_umask(tmp_path)
         os.umask(old)
     assert not stale.exists() and other.exists()
     assert stat.S_IMODE((tmp_path / LAST).stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: DataLoader(d, batch_sampler=torch.utils.data.BatchSampler(
+        torch.utils.data.RandomSampler(d, generator=torch.Generator().manual_seed(5)), 16, False)),
+    lambda d: DataLoader(d, batch_size=16, sampler=torch.utils.data.RandomSampler(
+        d, generator=torch.Generator().manual_seed(5)), generator=torch.Generator().manual_seed(9)),
+])
+@pytest.mark.parametrize("cache", ["auto", False])
+def test_every_generator_of_the_loader_is_saved_for_resume(tmp_path, make, cache):
+    def go(path, stop_after=None, resume=False):
+        m = model(seed=1)
+        trainer = Trainer(m, seed=3, progress=False, checkpoint_dir=path)
+        crash_after(trainer, stop_after)
+        trainer.fit(make(separable(64)), warmup_epochs=2, finetune_epochs=2, cache_features=cache, resume=resume)
+        return m
+    full = go(tmp_path / "full")
+    with pytest.raises(Interrupt):
+        go(tmp_path / "cut", stop_after=2)
+    resumed = go(tmp_path / "cut", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_crash_between_last_pt_and_the_best_swap_stays_resumable(tmp_path, monkeypatch):
+    import os as _os
+    full_model, _ = run(tmp_path / "full")
+    real_replace = _os.replace
+    calls = []
+
+    def crash_on_swap(src, dst):
+        calls.append(str(dst))
+        if str(dst).endswith("best.pt") and len([c for c in calls if c.endswith("best.pt")]) == 3:
+            raise Interrupt                                   # last.pt already names the new best
+        return real_replace(src, dst)
+    monkeypatch.setattr(_os, "replace", crash_on_swap)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(_os, "replace", real_replace)
+    resumed_model, _ = run(tmp_path / "cut", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full_model.state_dict().values(),
+                                                 resumed_model.state_dict().values()))
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda s: s.update(epoch=0), r"inconsistent epoch bookkeeping \(epoch 0"),
+    (lambda s: s.update(next=1), r"inconsistent epoch bookkeeping"),
+    (lambda s: s.update(history=None), r"inconsistent epoch bookkeeping"),
+    (lambda s: s.update(rng={}), r"has no valid random state"),
+    (lambda s: s.update(best=None), r"has no valid 'best' record"),
+    (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(7)), r"optimizer state shapes #0 \(7,\)"),
+])
+def test_hand_edited_checkpoints_are_refused_before_anything_is_loaded(tmp_path, edit, pattern):
+    with pytest.raises(Interrupt):
+        run(tmp_path, stop_after=4)
+    state = torch.load(tmp_path / LAST, weights_only=True)
+    edit(state)
+    torch.save(state, tmp_path / LAST)
+    m = model(seed=2)
+    before = state_of(m)
+    with pytest.raises(ValueError, match=pattern):
+        resume_with(tmp_path, m)
+    assert_untouched(m, before)
+
+
+def test_other_learning_rates_at_resume_are_refused_not_silently_replaced(tmp_path):
+    with pytest.raises(Interrupt):
+        run(tmp_path, stop_after=2)
+    m = model(seed=2)
+    train = DataLoader(separable(64), batch_size=16)
+    with pytest.raises(ValueError, match=r"parameter groups \[\['backbone', 12, 0.001, 0.0\], \['fc', 2, 0.01, 0.0\]\] "
+                                         r"vs \[\['backbone', 12, 0.001, 0.0\], \['fc', 2, 0.1, 0.0\]\]"):
+        Trainer(m, progress=False, checkpoint_dir=tmp_path).fit(train, warmup_epochs=3, finetune_epochs=3,
+                                                                head_lr=0.1, backbone_lr=1e-3, resume=True)

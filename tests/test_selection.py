@@ -75,3 +75,36 @@ def test_patience_ends_the_warmup_then_fine_tuning_still_runs(monkeypatch):
     assert [r["epoch"] for r in history] == [1, 2, 3, 5, 6, 7, 8]
     assert [r.get("stopped_early", False) for r in history] == [False, False, True, False, False, False, True]
     assert history.best["epoch"] == 6
+
+
+def test_a_nan_validation_loss_stops_the_run():
+    train, _ = loaders()
+    x, y = separable(16, 100).tensors
+    x = x.clone()
+    x[3, 0, 0, 0] = float("nan")
+    val = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    with pytest.raises(FloatingPointError, match=r"non-finite validation loss nan in epoch 1/2 warmup: val_loader"):
+        Trainer(model(), progress=False).fit(train, val, warmup_epochs=1, finetune_epochs=1, patience=1)
+
+
+def test_a_resumed_run_keeps_the_patience_count_of_its_phase(tmp_path, monkeypatch):
+    from .test_checkpoint import Interrupt, crash_after
+    scripted = [1.0, 0.9, 0.95, 0.97, 0.5, 0.6, 0.7, 0.8]   # warm-up stalls after epoch 2
+
+    def go(path, stop_after=None, resume=False):
+        train, val = loaders()
+        trainer = Trainer(model(), seed=0, progress=False, checkpoint_dir=path)
+        losses = iter(scripted[len(trainer.history):])
+        crash_after(trainer, stop_after)
+        monkeypatch.setattr(trainer, "evaluate", lambda _l: {"loss": next(losses), "accuracy": 0.5})
+        if resume:
+            done = torch.load(path / "last.pt", weights_only=True)["epoch"]
+            losses = iter(scripted[done:])
+        return trainer.fit(train, val, warmup_epochs=5, finetune_epochs=4, patience=2, cache_features=False,
+                           resume=resume)
+    full = go(tmp_path / "full")
+    with pytest.raises(Interrupt):
+        go(tmp_path / "cut", stop_after=3)                       # one stale epoch counted before the crash
+    resumed = go(tmp_path / "cut", resume=True)
+    assert [r["epoch"] for r in full] == [1, 2, 3, 4, 6, 7, 8]
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in full]

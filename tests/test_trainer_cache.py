@@ -3,6 +3,7 @@ scores and the random draws are exactly those of the uncached run."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -74,3 +75,106 @@ def test_a_model_the_user_put_in_channels_last_stays_so():
     fit_tiny("auto", m)
     assert m.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert not m.stem[0].weight.is_contiguous()
+
+
+# ------------------------------------------------- what the cache must not silently change
+class LogSoftmaxNet(torch.nn.Module):
+    """A model whose output is not its head's output (a layer runs after the head)."""
+
+    def __init__(self, scale: float | None = None) -> None:
+        super().__init__()
+        self.net, self.scale = model(), scale
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits * self.scale if self.scale else torch.log_softmax(logits, 1)
+
+
+def histories(make, loader_kwargs=None, val=None, epochs=3, criterion=None):
+    out = []
+    for cache in ("auto", False):
+        torch.manual_seed(0)
+        m = make()
+        calls = count_backbone_runs(m.net if hasattr(m, "net") else m)
+        train = loader_kwargs() if callable(loader_kwargs) else DataLoader(separable(48), batch_size=12, shuffle=True)
+        h = Trainer(m, progress=False, seed=0, criterion=criterion).fit(
+            train, val() if val else None, warmup_epochs=epochs, finetune_epochs=0, cache_features=cache,
+            head_lr=0.05)
+        out.append(([{k: v for k, v in r.items() if k != "seconds"} for r in h], calls[0], m.state_dict()))
+    return out
+
+
+@pytest.mark.parametrize("make, criterion", [(lambda: LogSoftmaxNet(), torch.nn.NLLLoss()),
+                                             (lambda: LogSoftmaxNet(scale=10.0), None)])
+def test_a_layer_after_the_head_turns_the_auto_cache_off(make, criterion):
+    (cached, cached_calls, w1), (plain, plain_calls, w2) = histories(
+        make, criterion=criterion, val=lambda: DataLoader(separable(24, 5), batch_size=12))
+    assert cached == plain and cached_calls == plain_calls + 1        # one probing batch, then uncached
+    assert all(torch.equal(a, b) for a, b in zip(w1.values(), w2.values()))
+    with pytest.raises(ValueError, match=r"cache_features=True cannot be honoured: the model's output is not its "
+                                         r"head's output"):
+        Trainer(make(), progress=False, criterion=criterion).fit(
+            DataLoader(separable(24), batch_size=12), warmup_epochs=1, finetune_epochs=0, cache_features=True)
+
+
+class TwiceHead(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = model()
+
+    def forward(self, x):
+        f = torch.flatten(self.net.pool(self.net.stage2(self.net.stage1(self.net.stem(x)))), 1)
+        return (self.net.fc(f) + self.net.fc(f)) / 2
+
+
+def test_a_head_that_runs_twice_per_forward_is_not_cached():
+    from transferlearn import extract_features
+    from transferlearn.features import NotCacheable
+    (cached, _, _), (plain, _, _) = histories(TwiceHead)
+    assert cached == plain
+    with pytest.raises(NotCacheable, match="the head ran 2 times in one forward pass"):
+        extract_features(TwiceHead(), DataLoader(separable(8), batch_size=4))
+
+
+class Scaled(DataLoader):
+    """A DataLoader subclass that changes every batch."""
+
+    def __iter__(self):
+        for x, y in super().__iter__():
+            yield x * 10 + 3, y
+
+
+def test_a_dataloader_subclass_with_its_own_iteration_is_not_cached():
+    (cached, calls, _), (plain, _, _) = histories(
+        model, loader_kwargs=lambda: Scaled(separable(48), batch_size=12, shuffle=True))
+    assert cached == plain and calls == 3 * 4
+
+
+@pytest.mark.parametrize("val", [
+    lambda: DataLoader(separable(24, 5), batch_size=6, sampler=torch.utils.data.RandomSampler(
+        separable(24, 5), replacement=True, num_samples=8)),
+    lambda: DataLoader(separable(24, 5), batch_size=6, shuffle=True),
+    lambda: DataLoader(separable(24, 5), batch_size=6, generator=torch.Generator().manual_seed(3)),
+])
+def test_validation_loaders_keep_their_draws(val):
+    (cached, _, w1), (plain, _, w2) = histories(model, val=val)
+    assert cached == plain
+    assert all(torch.equal(a, b) for a, b in zip(w1.values(), w2.values()))
+
+
+def test_persistent_workers_draw_like_the_reused_iterator():
+    def loader():
+        return DataLoader(separable(48), batch_size=12, shuffle=True, num_workers=1, persistent_workers=True)
+    (cached, _, _), (plain, _, _) = histories(model, loader_kwargs=loader)
+    assert cached == plain
+
+
+def test_bf16_autocast_features_are_what_the_uncached_pass_computes():
+    runs = []
+    for cache in ("auto", False):
+        m = model()
+        h = Trainer(m, progress=False, seed=0, amp="bf16").fit(
+            DataLoader(separable(48), batch_size=12, shuffle=True), DataLoader(separable(24, 5), batch_size=12),
+            warmup_epochs=2, finetune_epochs=0, cache_features=cache)
+        runs.append([(r["train_loss"], r["val_loss"]) for r in h])
+    assert runs[0] == runs[1]

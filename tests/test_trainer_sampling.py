@@ -195,3 +195,26 @@ def test_positions_round_trip_through_gather():
     assert shares == [[0, 3, 6], [1, 4, 7], [2, 5, 5]]
     interleaved = torch.stack([torch.tensor(s) for s in shares], 1).flatten()[:8]
     assert interleaved.tolist() == list(range(8))                    # what gather_positions reassembles
+
+
+def test_an_iterable_dataset_trains_uncached():
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(*indexed().tensors))
+    batches, _ = train(DataLoader(Stream(), batch_size=5), cache="auto", epochs=2)
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 4] * 2
+
+
+def test_stride_sampler_takes_tensor_and_numpy_indices():
+    import numpy as np
+    for indices in (torch.arange(0, N, 2), np.arange(0, N, 2)):
+        loader = DataLoader(indexed(), batch_size=4, sampler=SubsetRandomSampler(indices))
+        shard = fake_ranks()[0].shard_train(loader, seed=0)
+        assert sampler_support(shard) == list(range(0, N, 2))
+
+
+def test_fp16_is_refused_off_cuda():
+    with pytest.raises(ValueError, match=r"amp='fp16' needs CUDA"):
+        Trainer(TinyNet(), amp="fp16")

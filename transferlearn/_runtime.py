@@ -61,6 +61,9 @@ class Precision:
 
     def __init__(self, amp: bool | str, device: torch.device) -> None:
         check_choice("amp", amp, (False, True, "bf16", "fp16"))
+        if amp == "fp16" and device.type != "cuda":
+            raise ValueError(f"amp='fp16' needs CUDA (its GradScaler guards against underflow); on {device.type} "
+                             "use amp=True or 'bf16'")
         self.device_type = device.type
         self.enabled = amp is not False
         if amp == "fp16" or (amp is True and device.type == "cuda" and not torch.cuda.is_bf16_supported()):

@@ -21,6 +21,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_diffe
 
 LAST = "last.pt"
 BEST = "best.pt"
+_BEST_NEXT = "best.pt.next"
 FORMAT = 2
 _FIELDS = ("epoch", "next", "phase", "model", "optimizer", "optimizer_class", "groups", "scaler", "history",
            "rng", "best")
@@ -33,7 +34,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+def rng_state(generators: list[torch.Generator] = ()) -> dict[str, Any]:
     """Every random state a training epoch draws from, as weights_only-loadable values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -43,12 +44,11 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if generator is not None:
-        state["loader"] = generator.get_state()
+    state["loaders"] = [g.get_state() for g in generators]
     return state
 
 
-def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+def set_rng_state(state: dict[str, Any], generators: list[torch.Generator] = ()) -> None:
     """Restore what ``rng_state`` captured."""
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
@@ -57,8 +57,8 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if generator is not None and "loader" in state:
-        generator.set_state(state["loader"])
+    for generator, saved in zip(generators, state.get("loaders", [])):
+        generator.set_state(saved)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -107,8 +107,36 @@ def model_differences(saved: dict[str, Any], model: nn.Module) -> list[str]:
 
 
 def optimizer_layout(optimizer: torch.optim.Optimizer) -> list[list[Any]]:
-    """The parameter-group layout a resumed optimizer must match: ``[name, n_params]`` each."""
-    return [[g.get("name", str(i)), len(g["params"])] for i, g in enumerate(optimizer.param_groups)]
+    """What a resumed optimizer must match, per group: ``[name, n_params, lr, weight_decay]``
+    (a resumed run continues with the checkpoint's optimizer state, so other learning rates
+    given to the resumed ``fit`` would silently not apply)."""
+    return [[g.get("name", str(i)), len(g["params"]), g.get("lr"), g.get("weight_decay")]
+            for i, g in enumerate(optimizer.param_groups)]
+
+
+def _check_fields(state: dict[str, Any], where: str) -> None:
+    """The bookkeeping fields have the types and relations a Trainer writes."""
+    epoch, nxt, history, best, rng = state["epoch"], state["next"], state["history"], state["best"], state["rng"]
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, nxt))
+    if not ints or not 1 <= epoch <= nxt or not isinstance(history, list) or not history \
+            or not all(isinstance(r, dict) for r in history) or history[-1].get("epoch") != epoch:
+        raise ValueError(f"{where} has inconsistent epoch bookkeeping (epoch {epoch!r}, next {nxt!r}, "
+                         f"{len(history) if isinstance(history, list) else history!r} history records)")
+    if not isinstance(best, dict) or not {"monitor", "epoch", "key", "stale"} <= set(best):
+        raise ValueError(f"{where} has no valid 'best' record (got {describe(best)})")
+    if not isinstance(rng, dict) or not {"torch", "python", "numpy"} <= set(rng):
+        raise ValueError(f"{where} has no valid random state (got {describe(rng)})")
+
+
+def _optimizer_state_differences(saved: Any, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Per-parameter optimizer state (e.g. Adam's moments) whose shape is not the parameter's."""
+    if not isinstance(saved, dict) or "state" not in saved or "param_groups" not in saved:
+        return ["the optimizer state is not an optimizer state_dict"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    wrong = [f"#{i} {tuple(v.shape)} vs {tuple(params[i].shape)}" for i, entry in saved["state"].items()
+             if isinstance(i, int) and 0 <= i < len(params) and isinstance(entry, dict)
+             for v in entry.values() if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != params[i].shape]
+    return [f"optimizer state shapes {_first(wrong, 3)}"] if wrong else []
 
 
 def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -125,7 +153,8 @@ def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.o
     missing = [k for k in _FIELDS if k not in state]
     if missing:
         raise ValueError(f"{where} lacks the fields {missing}")
-    problems = model_differences(state["model"], model)
+    _check_fields(state, where)
+    problems = model_differences(state["model"], model) + _optimizer_state_differences(state["optimizer"], optimizer)
     if state["optimizer_class"] != type(optimizer).__name__:
         problems.append(f"optimizer {state['optimizer_class']} vs {type(optimizer).__name__}")
     if state["groups"] != optimizer_layout(optimizer):
@@ -137,21 +166,24 @@ def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.o
 
 
 def write_epoch(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                history: list[dict[str, Any]], phase: str, next_epoch: int, generator: Any,
+                history: list[dict[str, Any]], phase: str, next_epoch: int, generators: list[torch.Generator],
                 best: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
-    """Write the end of an epoch: ``best.pt`` first when this epoch is the new best (so that
-    ``last.pt`` never names a best epoch that is not on disk), then ``last.pt``."""
+    """Write the end of an epoch. A new best goes to ``best.pt.next`` first, then ``last.pt``
+    (naming it), then ``best.pt.next`` replaces ``best.pt``: a crash at any point leaves a
+    ``last.pt`` whose best epoch is on disk (``read_resume`` finishes an interrupted swap)."""
     if best_state is not None:
-        save_checkpoint(directory / BEST, {"epoch": best["epoch"], "model": best_state})
+        save_checkpoint(directory / _BEST_NEXT, {"epoch": best["epoch"], "model": best_state})
     save_checkpoint(directory / LAST, {
         "format": FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "optimizer_class": type(optimizer).__name__, "groups": optimizer_layout(optimizer),
-        "scaler": scaler.state_dict(), "history": history, "rng": rng_state(generator), "best": best})
+        "scaler": scaler.state_dict(), "history": history, "rng": rng_state(generators), "best": best})
+    if best_state is not None:
+        os.replace(directory / _BEST_NEXT, directory / BEST)
 
 
-def read_resume(path: Path, *, plan: list[str], model: nn.Module,
-                optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+def read_resume(path: Path, *, plan: list[str], model: nn.Module, optimizer: torch.optim.Optimizer,
+                generators: list[torch.Generator] = ()) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Read ``path`` and the best weights it names, checked against this run's model,
     optimizer and plan of phases; nothing is loaded into the model here."""
     state = load_checkpoint(path)
@@ -161,14 +193,22 @@ def read_resume(path: Path, *, plan: list[str], model: nn.Module,
         raise ValueError(f"checkpoint {str(path)!r} ended epoch {epoch} in phase {state['phase']!r}, "
                          f"which does not fit this run's plan of {plan.count('warmup')} warm-up and "
                          f"{plan.count('finetune')} fine-tune epochs")
+    if len(state["rng"].get("loaders", [])) != len(generators):
+        raise ValueError(f"checkpoint {str(path)!r} saved the states of {len(state['rng'].get('loaders', []))} "
+                         f"random generators of the training loader, this loader has {len(generators)}; resume "
+                         "with the same loader set-up (its generator and its sampler's)")
     if state["best"]["epoch"] is None:
         return state, None
-    best_file = path.parent / BEST
-    saved = load_checkpoint(best_file) if best_file.is_file() else {}
-    if saved.get("epoch") != state["best"]["epoch"]:
-        raise ValueError(f"checkpoint {str(path)!r} names epoch {state['best']['epoch']} as the best, but "
-                         f"{str(best_file)!r} does not hold it (moved or from another run); start afresh")
-    return state, saved["model"]
+    for name in (BEST, _BEST_NEXT):  # .next: a crash between writing last.pt and the swap
+        best_file = path.parent / name
+        saved = load_checkpoint(best_file) if best_file.is_file() else {}
+        if saved.get("epoch") == state["best"]["epoch"]:
+            problems = model_differences(saved.get("model", {}), model)
+            if problems:
+                raise ValueError(f"{str(best_file)!r} does not fit this model: " + "; ".join(problems))
+            return state, saved["model"]
+    raise ValueError(f"checkpoint {str(path)!r} names epoch {state['best']['epoch']} as the best, but "
+                     f"{str(path.parent / BEST)!r} does not hold it (moved or from another run); start afresh")
 
 
 def resolve_resume(resume: Any, checkpoint_dir: Path | None) -> Path | None:

@@ -58,7 +58,8 @@ class StrideSampler(Sampler):
     @property
     def indices(self) -> Any:
         """The dataset indices the inner sampler declares, if it does (see ``sampler_support``)."""
-        return getattr(self.inner, "indices", None) or getattr(getattr(self.inner, "sampler", None), "indices", None)
+        indices = getattr(self.inner, "indices", None)
+        return indices if indices is not None else getattr(getattr(self.inner, "sampler", None), "indices", None)
 
     def set_epoch(self, epoch: int) -> None:
         if callable(getattr(self.inner, "set_epoch", None)):
@@ -112,6 +113,10 @@ class Distributed:
         sampler = effective_sampler(loader)
         if isinstance(sampler, DistributedSampler):
             return loader
+        if type(loader) is not DataLoader:
+            raise ValueError(f"under torchrun the train_loader, a {type(loader).__name__}, would have to be rebuilt as "
+                             "a plain DataLoader to shard it, losing what your subclass does; give it a "
+                             "DistributedSampler yourself")
         plain = type(loader.batch_sampler) is BatchSampler
         if plain and _is_default_order(sampler, loader.dataset):
             shard = DistributedSampler(loader.dataset, num_replicas=self.world, rank=self.rank,
@@ -151,6 +156,10 @@ class Distributed:
         """This rank's share for evaluation: every ``world``-th sample, no padding."""
         if not self.enabled or not isinstance(loader, DataLoader):
             return loader
+        if isinstance(loader.dataset, IterableDataset) or type(loader) is not DataLoader:
+            raise ValueError("under torchrun the val_loader is split between ranks by index, which an "
+                             f"IterableDataset or a DataLoader subclass ({type(loader).__name__} over "
+                             f"{type(loader.dataset).__name__}) does not allow; evaluate it on one process")
         indices = range(self.rank, len(loader.dataset), self.world)
         return rebuild_loader(loader, dataset=Subset(loader.dataset, indices))
 

@@ -18,13 +18,18 @@ from torchvision.transforms import _presets
 
 from ._checks import check_module, describe
 from ._io import eval_mode, run_device
+from ._runtime import Precision
 from .batches import split_batch
 from .distributed import Distributed
+from .evaluation import _split_outputs
 from .heads import find_head
-from .loaders import index_batches, rebuild_loader, sampler_support
+from .loaders import index_batches, loader_generators, rebuild_loader, sampler_support
 from .transforms import ImagePreprocess
 
-__all__ = ["extract_features", "is_deterministic", "FeatureCache", "build_cache", "extract_quietly"]
+__all__ = ["extract_features", "is_deterministic", "FeatureCache", "NotCacheable", "build_cache", "build_val_cache",
+           "extract_quietly"]
+
+_EXTRACT_BATCH = 64  # batch size of the extraction pass for a loader that has none (a batch_sampler)
 
 # Transforms whose output depends only on their input (no random numbers drawn).
 _DETERMINISTIC = (T.Resize, T.CenterCrop, T.ToTensor, T.PILToTensor, T.ConvertImageDtype,
@@ -73,8 +78,32 @@ def is_deterministic(dataset: Dataset) -> bool:
     return _transform_ok(dataset.transform) and _transform_ok(getattr(dataset, "target_transform", None))
 
 
+class NotCacheable(ValueError):
+    """The model's output cannot be reproduced from cached head inputs (raised by
+    ``extract_features(check_output=True)``); the Trainer then trains without the cache."""
+
+
+def _run_and_check(model: nn.Module, inputs: torch.Tensor, calls: list[int], outputs: list[Any],
+                   check_output: bool) -> None:
+    """One forward pass; the head must run exactly once, and (``check_output``) the model's
+    output must be the head's output, or head-only training on features would differ."""
+    calls[0], outputs[:] = 0, []
+    logits, _ = _split_outputs(model(inputs))
+    if calls[0] != 1:
+        raise NotCacheable(f"the head ran {calls[0]} times in one forward pass, so its inputs cannot be "
+                           "matched to samples; train with cache_features=False")
+    head_out = outputs[0]
+    same = isinstance(head_out, torch.Tensor) and head_out.shape == logits.shape and \
+        bool(((head_out == logits) | (head_out.isnan() & logits.isnan())).all())  # NaN inputs: NaN both
+    if check_output and not same:
+        raise NotCacheable("the model's output is not its head's output (a layer runs after the head, "
+                           "e.g. log_softmax or a scale), so training the head alone on cached features "
+                           "would skip it; train with cache_features=False")
+
+
 def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None = None,
-                     device: torch.device | str | None = None) -> TensorDataset:
+                     device: torch.device | str | None = None, precision: Precision | None = None,
+                     check_output: bool = False) -> TensorDataset:
     """Run the model once over ``loader`` and return what its head receives, with labels.
 
     The model runs in eval mode under ``torch.inference_mode()`` (its previous modes are
@@ -89,6 +118,10 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
         loader: yields ``(inputs, labels)`` batches, inputs alone, or dicts (see ``batches``).
         head: explicit dotted name of the head (see ``find_head``).
         device: where to run; default: the device of the model's first parameter.
+        precision: autocast settings (the Trainer passes its own, so cached features are
+            what an uncached pass would compute).
+        check_output: also require that the model's output is exactly the head's output
+            (``NotCacheable`` otherwise); the Trainer asks for it before caching.
 
     Returns:
         ``TensorDataset(features, labels)`` on the CPU, in the loader's order (labels
@@ -96,7 +129,8 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
 
     Raises:
         TypeError: ``model`` is not a module or ``loader`` is not iterable.
-        ValueError: no head can be found or the loader is empty.
+        ValueError: no head can be found or the loader is empty; ``NotCacheable`` (a
+            ValueError) when the head does not run exactly once per forward pass.
 
     Example:
         >>> feats = extract_features(model, DataLoader(test_set, batch_size=64))
@@ -107,18 +141,26 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
         raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {describe(loader)}")
     _, head_module = find_head(model, head=head)
     device = run_device(model, device)
+    cast = precision or Precision(False, device)
     captured: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    hook = head_module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
+    calls, outputs = [0], []
+
+    def capture(_m: nn.Module, args: tuple) -> None:
+        calls[0] += 1
+        captured.append(args[0].detach().cpu())
+    hooks = [head_module.register_forward_pre_hook(capture),
+             head_module.register_forward_hook(lambda _m, _a, out: outputs.append(out))]
     try:
-        with eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode(), cast.autocast():
             for batch in loader:
                 inputs, targets = split_batch(batch)
-                model(inputs.to(device))
+                _run_and_check(model, inputs.to(device), calls, outputs, check_output)
                 if targets is not None:
-                    labels.append(torch.as_tensor(targets).cpu())
+                    labels.append(targets.cpu())
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     if not captured:
         raise ValueError("loader yielded no batches: nothing to extract")
     features = torch.cat(captured)
@@ -134,13 +176,19 @@ class FeatureCache:
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> None:
         self.features, self.targets, self.rows = features, targets, rows
+        self._passes = 0
 
     def __len__(self) -> int:
         return len(self.features)
 
     def batches(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches ``loader`` would give, drawn from its own sampler / batch_sampler."""
-        for indices in index_batches(loader):
+        """The batches ``loader`` would give, drawn from its own sampler / batch_sampler (a
+        loader with persistent workers draws its worker seed on the first pass only, as its
+        reused iterator does)."""
+        persistent = loader.persistent_workers and loader.num_workers > 0
+        stream = index_batches(loader, draw_seed=not (persistent and self._passes > 0))
+        self._passes += 1
+        for indices in stream:
             rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
             if bool((rows < 0).any()):
                 raise ValueError("the train_loader's sampler yielded an index whose features were not "
@@ -148,32 +196,43 @@ class FeatureCache:
             yield self.features[rows], self.targets[rows]
 
 
-def extract_quietly(model: nn.Module, loader: Any, *, head: str | None, device: torch.device) -> TensorDataset:
-    """``extract_features`` without disturbing any random state (the global torch RNG and the
-    loader's generator are as before), so that caching changes no later random draw."""
-    generator = getattr(loader, "generator", None)
-    saved = generator.get_state() if generator is not None else None
+def extract_quietly(model: nn.Module, loader: Any, **kwargs: Any) -> TensorDataset:
+    """``extract_features(model, loader, **kwargs)`` without disturbing any random state (the
+    global torch RNG and the loader's generators are as before), so caching changes no later
+    random draw."""
+    generators = loader_generators(loader)
+    saved = [g.get_state() for g in generators]
     with torch.random.fork_rng(devices=[]):
-        extracted = extract_features(model, loader, head=head, device=device)
-    if generator is not None:
-        generator.set_state(saved)
+        extracted = extract_features(model, loader, **kwargs)
+    for generator, state in zip(generators, saved):
+        generator.set_state(state)
     return extracted
 
 
-def build_cache(model: nn.Module, loader: DataLoader, *, head: str | None, device: torch.device,
-                dist: Distributed) -> FeatureCache:
+def build_cache(model: nn.Module, loader: DataLoader, *, dist: Distributed, **kwargs: Any) -> FeatureCache:
     """Extract features once for every sample ``loader`` can draw (all of the dataset, or the
     sampler's ``indices``), in dataset order and with every option of the loader kept, without
-    disturbing any random state; under torchrun each rank extracts a share and all gather."""
+    disturbing any random state; under torchrun each rank extracts a share and all gather.
+    ``kwargs`` go to ``extract_features`` (head, device, precision, check_output)."""
     support = sampler_support(loader)
     indices = list(range(len(loader.dataset))) if support is None else support
     if not indices:
         raise ValueError("train_loader's sampler declares no indices: nothing to train on")
     mine = [indices[p] for p in dist.positions(len(indices))]
-    extracted = extract_quietly(model, rebuild_loader(loader, sampler=mine), head=head, device=device)
+    ordered = rebuild_loader(loader, sampler=mine, batch_size=loader.batch_size or _EXTRACT_BATCH)
+    extracted = extract_quietly(model, ordered, **kwargs)
     if len(extracted.tensors) < 2:
         raise ValueError("train_loader must yield (inputs, targets) batches")
     features, targets = (dist.gather_positions(t, len(indices)) for t in extracted.tensors)
     rows = torch.full((len(loader.dataset),), -1, dtype=torch.long)
     rows[torch.as_tensor(indices)] = torch.arange(len(indices))
     return FeatureCache(features, targets, rows)
+
+
+def build_val_cache(model: nn.Module, loader: DataLoader, **kwargs: Any) -> FeatureCache | None:
+    """Features of a sequential validation loader (``is_sequential``), extracted through the
+    loader itself; None when it yields no targets."""
+    extracted = extract_quietly(model, loader, **kwargs)
+    if len(extracted.tensors) < 2:
+        return None
+    return FeatureCache(*extracted.tensors, torch.arange(len(extracted.tensors[0])))

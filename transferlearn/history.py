@@ -57,7 +57,8 @@ class History(Sequence):
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The record of the best validation epoch (the weights ``fit`` ended with), or None."""
+        """The record of the best validation epoch, or None: the weights ``fit`` ended with,
+        unless it was called with ``restore_best=False``."""
         return next((r for r in self._records if r.get("best") is True), None)
 
     def records(self) -> list[dict[str, Any]]:

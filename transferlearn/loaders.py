@@ -18,10 +18,11 @@ import inspect
 from typing import Any, Iterator
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 from torch.utils.data._utils.collate import default_collate
 
-__all__ = ["rebuild_loader", "index_batches", "sampler_support", "not_cacheable", "effective_sampler"]
+__all__ = ["rebuild_loader", "index_batches", "sampler_support", "not_cacheable", "effective_sampler",
+           "loader_generators", "is_sequential"]
 
 _KEPT = [name for name in inspect.signature(DataLoader.__init__).parameters
          if name not in ("self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")]
@@ -79,10 +80,33 @@ def sampler_support(loader: DataLoader) -> list[int] | None:
     return support
 
 
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """Every distinct random generator a loader draws from: its own, its sampler's, its
+    batch_sampler's and the batch_sampler's sampler's (what a checkpoint must save)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    owners = (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None))
+    found: dict[int, torch.Generator] = {}
+    for owner in owners:
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
+
+
+def is_sequential(loader: Any) -> bool:
+    """A DataLoader that reads its whole dataset once, in order, in plain batches (so a cache
+    in dataset order replays it exactly, e.g. for validation)."""
+    return (isinstance(loader, DataLoader) and type(loader.batch_sampler) is BatchSampler
+            and type(loader.sampler) is SequentialSampler)
+
+
 def not_cacheable(loader: Any) -> str | None:
     """Why a loader's batches cannot be replayed from cached features, or None when they can."""
     if not isinstance(loader, DataLoader):
         return f"train_loader is not a DataLoader (got {type(loader).__name__})"
+    if type(loader).__iter__ is not DataLoader.__iter__ or type(loader)._get_iterator is not DataLoader._get_iterator:
+        return (f"train_loader is a {type(loader).__name__}, a DataLoader subclass with its own iteration, "
+                "whose batches the cache cannot reproduce")
     if isinstance(loader.dataset, IterableDataset):
         return "train_loader reads an IterableDataset, which has no indices to replay"
     if loader.batch_sampler is None:
@@ -93,15 +117,18 @@ def not_cacheable(loader: Any) -> str | None:
     return None
 
 
-def index_batches(loader: DataLoader) -> Iterator[list[int]]:
+def index_batches(loader: DataLoader, *, draw_seed: bool = True) -> Iterator[list[int]]:
     """The batches of dataset indices one pass over ``loader`` would read, in its order.
 
     Draws from the same random streams as ``iter(loader)`` does, in the same order: first the
     index sampler's iterator is made, then one int64 is drawn from ``loader.generator`` (or the
     global torch RNG) as a DataLoader iterator does for its worker seeds, then the sampler runs.
-    So a cached epoch leaves every random state as an uncached epoch would.
+    So a cached epoch leaves every random state as an uncached epoch would. ``draw_seed=False``
+    skips that draw, as the reused iterator of a loader with persistent workers does after its
+    first pass.
     """
     batches = iter(loader.batch_sampler)
-    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    if draw_seed:
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
     for batch in batches:
         yield [int(i) for i in batch]

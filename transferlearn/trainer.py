@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from . import checkpoint as ckpt
 from ._checks import check_choice, check_float, check_head_name, check_module, check_seed, describe
@@ -26,10 +25,11 @@ from ._runtime import Precision, Progress, memory_layout, pick_device, use_chann
 from .batches import split_batch
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .features import FeatureCache, build_cache, extract_quietly
+from .features import FeatureCache, NotCacheable, build_cache, build_val_cache
 from .freezing import set_phase
 from .heads import find_head
 from .history import History
+from .loaders import is_sequential, loader_generators
 from .optim import param_groups
 from .selection import BestEpoch
 from .settings import UNSET as _UNSET
@@ -138,19 +138,20 @@ class Trainer:
                     "unfreeze": unfreeze}
         cfg = fit_settings(strategy, {k: v for k, v in explicit.items() if v is not _UNSET})
         use_cache = use_feature_cache(cache_features, train_loader, cfg["warmup_epochs"])
-        cache_val = cache_features is not False and val_loader is not None and \
+        cache_val = cache_features is not False and is_sequential(val_loader) and \
             use_feature_cache("auto", val_loader, cfg["warmup_epochs"])
         check_choice("restore_best", restore_best, (True, False))
         best = BestEpoch(monitor, patience, validating=val_loader is not None)
         with memory_layout(self.model, self.channels_last) as self._nhwc:
-            history = self._run(cfg, train_loader, val_loader, resume, best, (use_cache, cache_val))
+            history = self._run(cfg, train_loader, val_loader, resume, best,
+                                (use_cache, cache_val, cache_features is True))
         self._finish(history, best, restore_best and val_loader is not None)
         return history
 
     def _run(self, cfg: dict[str, Any], train_loader: Any, val_loader: Any, resume: Any, best: BestEpoch,
-             caching: tuple[bool, bool]) -> History:
+             caching: tuple[bool, bool, bool]) -> History:
         """The loop: seed, optimizer, resume, then epoch after epoch through the plan."""
-        use_cache, cache_val = caching
+        use_cache, cache_val, forced = caching
         if self.seed is not None:
             ckpt.seed_everything(self.seed)
         self.optimizer = self.make_optimizer(param_groups(
@@ -158,20 +159,19 @@ class Trainer:
             weight_decay=cfg["weight_decay"], head=self.head))
         plan = ["warmup"] * cfg["warmup_epochs"] + ["finetune"] * cfg["finetune_epochs"]
         train_loader = self.dist.shard_train(train_loader, seed=self.seed)
-        generator = getattr(train_loader, "generator", None) or \
-            getattr(getattr(train_loader, "sampler", None), "generator", None)
-        history, epoch = self._restore(resume, plan, generator, best)
+        generators = loader_generators(train_loader)
+        history, epoch = self._restore(resume, plan, generators, best)
         cache, val_cache, entered = None, None, None
         while epoch < len(plan):
             phase = plan[epoch]
-            if entered != phase:
-                entered = self._enter_phase(phase, cfg, cached=use_cache and phase == "warmup", best=best)
-            if phase == "warmup" and use_cache and cache is None:
-                cache = build_cache(self.model, train_loader, head=self.head, device=self.device, dist=self.dist)
-            if phase == "warmup" and cache_val and val_cache is None:
-                val_cache = extract_quietly(self.model, val_loader, head=self.head, device=self.device)
-            self.dist.set_epoch(train_loader, epoch)
             warm = phase == "warmup"
+            if warm and (use_cache or cache_val) and cache is None and val_cache is None:
+                cache, val_cache = self._warmup_caches(train_loader, val_loader, use_cache, cache_val, forced)
+                use_cache, cache_val = cache is not None, val_cache is not None  # built once, or never
+            if entered != phase:
+                new = epoch == 0 or plan[epoch - 1] != phase  # not when resuming inside a phase
+                entered = self._enter_phase(phase, cfg, cached=use_cache and warm, best=best, new=new)
+            self.dist.set_epoch(train_loader, epoch)
             record = self._epoch(epoch, plan, train_loader, val_loader, cache if warm else None,
                                  val_cache if warm else None)
             if val_loader is not None:
@@ -183,10 +183,25 @@ class Trainer:
                     else len(plan)
             history.append(record)
             self.progress.epoch(record, len(plan))
-            self._save(epoch, phase, history, generator, best)
+            self._save(epoch, phase, history, generators, best)
         if entered is None:  # a finished run resumed: leave the model as that run left it
-            self._enter_phase(plan[-1], cfg, cached=False, best=best)
+            self._enter_phase(plan[-1], cfg, cached=False, best=best, new=False)
         return history
+
+    def _warmup_caches(self, train_loader: Any, val_loader: Any, use_cache: bool, cache_val: bool,
+                       forced: bool) -> tuple[FeatureCache | None, FeatureCache | None]:
+        """Features for the frozen-backbone phase: the training loader's (replayed through its
+        own sampler) and a sequential validation loader's. A model whose output is not its
+        head's output cannot train on them: no cache then (an error with cache_features=True)."""
+        kwargs = {"head": self.head, "device": self.device, "precision": self.precision, "check_output": True}
+        try:
+            train = build_cache(self.model, train_loader, dist=self.dist, **kwargs) if use_cache else None
+            val = build_val_cache(self.model, val_loader, **kwargs) if cache_val else None
+        except NotCacheable as why:
+            if forced:
+                raise ValueError(f"cache_features=True cannot be honoured: {why}") from None
+            return None, None
+        return train, val
 
     def _finish(self, history: History, best: BestEpoch, restore: bool) -> None:
         if best.epoch is not None:
@@ -197,7 +212,7 @@ class Trainer:
         self.history = history
 
     def _epoch(self, epoch: int, plan: list[str], train_loader: Any, val_loader: Any,
-               cache: FeatureCache | None, val_cache: TensorDataset | None) -> dict[str, Any]:
+               cache: FeatureCache | None, val_cache: FeatureCache | None) -> dict[str, Any]:
         """Train one epoch (on cached features when given), validate (the head alone on cached
         validation features while the backbone is frozen), return its record."""
         began = time.perf_counter()
@@ -211,20 +226,25 @@ class Trainer:
         if val_loader is not None:
             scores = self._validate(val_loader, val_cache)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+            if not math.isfinite(scores["loss"]):
+                raise FloatingPointError(f"non-finite validation loss {scores['loss']} in {where}: val_loader yields "
+                                         "NaN/inf inputs, or the model gives them on it; the run stops and this "
+                                         "epoch is not saved")
         record["seconds"] = time.perf_counter() - began
         return record
 
-    def _validate(self, val_loader: Any, val_cache: TensorDataset | None) -> dict[str, float | None]:
-        if val_cache is None or len(val_cache.tensors) < 2:
+    def _validate(self, val_loader: Any, val_cache: FeatureCache | None) -> dict[str, float | None]:
+        if val_cache is None:
             return self.evaluate(val_loader)
         head = self.model.get_submodule(find_head(self.model, head=self.head)[0])
-        batches = DataLoader(val_cache, batch_size=getattr(val_loader, "batch_size", None) or 256)
-        return evaluate(head, batches, criterion=self.criterion, device=self.device, precision=self.precision)
+        return evaluate(head, val_cache.batches(val_loader), criterion=self.criterion, device=self.device,
+                        precision=self.precision)
 
     # -------------------------------------------------------------------------- phases
-    def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool, best: BestEpoch) -> str:
+    def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool, best: BestEpoch, new: bool) -> str:
         self._forward = self.model  # drop an old DDP wrapper before the trainable set changes
-        best.new_phase()
+        if new:
+            best.new_phase()
         set_phase(self.model, phase, last=cfg["unfreeze"], freeze_bn=cfg["freeze_bn"], head=self.head)
         # DDP syncs what is trainable when it is built: the head alone on cached features
         target = self.model.get_submodule(find_head(self.model, head=self.head)[0]) if cached else self.model
@@ -239,7 +259,10 @@ class Trainer:
             total = len(loader.batch_sampler) if hasattr(loader.batch_sampler, "__len__") else None
         else:
             batches = loader
-            total = len(loader) if hasattr(loader, "__len__") else None
+            try:
+                total = len(loader)
+            except TypeError:  # an IterableDataset or a batch_sampler without a length
+                total = None
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         tally = _Tally()
         for step, batch in enumerate(self.progress.batches(batches, total, where)):
@@ -294,7 +317,7 @@ class Trainer:
             return predict(self.model, data, batch_size=batch_size, device=self.device, precision=self.precision)
 
     # --------------------------------------------------------------------- checkpoints
-    def _save(self, next_epoch: int, phase: str, history: History, generator: Any, best: BestEpoch) -> None:
+    def _save(self, next_epoch: int, phase: str, history: History, generators: list, best: BestEpoch) -> None:
         bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             raise FloatingPointError(f"non-finite weights after epoch {history[-1]['epoch']} ({', '.join(bad[:3])}); "
@@ -305,19 +328,20 @@ class Trainer:
         if self.dist.is_main:  # rank 0 alone writes; the others wait for the files
             ckpt.write_epoch(self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
                              scaler=self.precision.scaler, history=history.records(), phase=phase,
-                             next_epoch=next_epoch, generator=generator, best=best.summary(),
+                             next_epoch=next_epoch, generators=generators, best=best.summary(),
                              best_state=best.state if best.epoch == history[-1]["epoch"] else None)
         self.dist.barrier()
 
-    def _restore(self, resume: Any, plan: list[str], generator: Any, best: BestEpoch) -> tuple[History, int]:
+    def _restore(self, resume: Any, plan: list[str], generators: list, best: BestEpoch) -> tuple[History, int]:
         """Continue from a checkpoint: checked against this run before anything is loaded."""
         path = ckpt.resolve_resume(resume, self.checkpoint_dir)
         if path is None:
             return History(), 0
-        state, best_state = ckpt.read_resume(path, plan=plan, model=self.model, optimizer=self.optimizer)
+        state, best_state = ckpt.read_resume(path, plan=plan, model=self.model, optimizer=self.optimizer,
+                                             generators=generators)
         best.restore(state["best"], best_state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"], generator)
+        ckpt.set_rng_state(state["rng"], generators)
         return History(state["history"]), state["next"]
