@@ -27,7 +27,7 @@ from .loaders import index_batches, loader_generators, rebuild_loader, sampler_s
 from .transforms import ImagePreprocess
 
 __all__ = ["extract_features", "is_deterministic", "FeatureCache", "NotCacheable", "build_cache", "build_val_cache",
-           "extract_quietly"]
+           "extract_quietly", "warmup_caches"]
 
 _EXTRACT_BATCH = 64  # batch size of the extraction pass for a loader that has none (a batch_sampler)
 
@@ -236,3 +236,21 @@ def build_val_cache(model: nn.Module, loader: DataLoader, **kwargs: Any) -> Feat
     if len(extracted.tensors) < 2:
         return None
     return FeatureCache(*extracted.tensors, torch.arange(len(extracted.tensors[0])))
+
+
+def warmup_caches(model: nn.Module, train_loader: DataLoader | None, val_loader: DataLoader | None, *,
+                  forced: bool, dist: Distributed, **kwargs: Any) -> tuple[FeatureCache | None, FeatureCache | None]:
+    """Features for a frozen-backbone phase: the training loader's (replayed through its own
+    sampler) and a sequential validation loader's, each when given. A model whose output is
+    not its head's output cannot train on them: ``(None, None)`` then, or, when the cache was
+    ``forced`` (``cache_features=True``), a ``ValueError`` saying why. ``kwargs`` go to
+    ``extract_features`` (head, device, precision)."""
+    try:
+        train = build_cache(model, train_loader, dist=dist, check_output=True, **kwargs) \
+            if train_loader is not None else None
+        val = build_val_cache(model, val_loader, check_output=True, **kwargs) if val_loader is not None else None
+    except NotCacheable as why:
+        if forced:
+            raise ValueError(f"cache_features=True cannot be honoured: {why}") from None
+        return None, None
+    return train, val

@@ -6,10 +6,10 @@ from typing import Any
 
 from ._checks import check_choice, check_int, describe
 from .features import is_deterministic
-from .loaders import not_cacheable
+from .loaders import is_sequential, not_cacheable
 from .strategy import Strategy
 
-__all__ = ["DEFAULTS", "UNSET", "fit_settings", "use_feature_cache"]
+__all__ = ["DEFAULTS", "UNSET", "fit_settings", "use_feature_cache", "caching_plan"]
 
 
 class _Unset:
@@ -47,3 +47,13 @@ def use_feature_cache(cache_features: Any, loader: Any, warmup_epochs: int) -> b
     if cache_features == "auto":
         return warmup_epochs > 0 and reason is None and is_deterministic(loader.dataset)
     return cache_features is True and warmup_epochs > 0
+
+
+def caching_plan(cache_features: Any, train_loader: Any, val_loader: Any,
+                 warmup_epochs: int) -> tuple[bool, bool, bool]:
+    """``(cache the training features, cache the validation features, caching was forced)``:
+    validation is cached when it reads a deterministic dataset in order and caching is not off."""
+    use = use_feature_cache(cache_features, train_loader, warmup_epochs)
+    val = cache_features is not False and is_sequential(val_loader) and \
+        use_feature_cache("auto", val_loader, warmup_epochs)
+    return use, val, cache_features is True

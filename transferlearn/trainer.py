@@ -25,15 +25,15 @@ from ._runtime import Precision, Progress, memory_layout, pick_device, use_chann
 from .batches import split_batch
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .features import FeatureCache, NotCacheable, build_cache, build_val_cache
+from .features import FeatureCache, warmup_caches
 from .freezing import set_phase
 from .heads import find_head
 from .history import History
-from .loaders import is_sequential, loader_generators
+from .loaders import loader_generators
 from .optim import param_groups
 from .selection import BestEpoch
 from .settings import UNSET as _UNSET
-from .settings import fit_settings, use_feature_cache
+from .settings import caching_plan, fit_settings
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
@@ -137,14 +137,11 @@ class Trainer:
                     "backbone_lr": backbone_lr, "weight_decay": weight_decay, "freeze_bn": freeze_bn,
                     "unfreeze": unfreeze}
         cfg = fit_settings(strategy, {k: v for k, v in explicit.items() if v is not _UNSET})
-        use_cache = use_feature_cache(cache_features, train_loader, cfg["warmup_epochs"])
-        cache_val = cache_features is not False and is_sequential(val_loader) and \
-            use_feature_cache("auto", val_loader, cfg["warmup_epochs"])
+        caching = caching_plan(cache_features, train_loader, val_loader, cfg["warmup_epochs"])
         check_choice("restore_best", restore_best, (True, False))
         best = BestEpoch(monitor, patience, validating=val_loader is not None)
         with memory_layout(self.model, self.channels_last) as self._nhwc:
-            history = self._run(cfg, train_loader, val_loader, resume, best,
-                                (use_cache, cache_val, cache_features is True))
+            history = self._run(cfg, train_loader, val_loader, resume, best, caching)
         self._finish(history, best, restore_best and val_loader is not None)
         return history
 
@@ -166,7 +163,9 @@ class Trainer:
             phase = plan[epoch]
             warm = phase == "warmup"
             if warm and (use_cache or cache_val) and cache is None and val_cache is None:
-                cache, val_cache = self._warmup_caches(train_loader, val_loader, use_cache, cache_val, forced)
+                cache, val_cache = warmup_caches(
+                    self.model, train_loader if use_cache else None, val_loader if cache_val else None,
+                    forced=forced, dist=self.dist, head=self.head, device=self.device, precision=self.precision)
                 use_cache, cache_val = cache is not None, val_cache is not None  # built once, or never
             if entered != phase:
                 new = epoch == 0 or plan[epoch - 1] != phase  # not when resuming inside a phase
@@ -187,21 +186,6 @@ class Trainer:
         if entered is None:  # a finished run resumed: leave the model as that run left it
             self._enter_phase(plan[-1], cfg, cached=False, best=best, new=False)
         return history
-
-    def _warmup_caches(self, train_loader: Any, val_loader: Any, use_cache: bool, cache_val: bool,
-                       forced: bool) -> tuple[FeatureCache | None, FeatureCache | None]:
-        """Features for the frozen-backbone phase: the training loader's (replayed through its
-        own sampler) and a sequential validation loader's. A model whose output is not its
-        head's output cannot train on them: no cache then (an error with cache_features=True)."""
-        kwargs = {"head": self.head, "device": self.device, "precision": self.precision, "check_output": True}
-        try:
-            train = build_cache(self.model, train_loader, dist=self.dist, **kwargs) if use_cache else None
-            val = build_val_cache(self.model, val_loader, **kwargs) if cache_val else None
-        except NotCacheable as why:
-            if forced:
-                raise ValueError(f"cache_features=True cannot be honoured: {why}") from None
-            return None, None
-        return train, val
 
     def _finish(self, history: History, best: BestEpoch, restore: bool) -> None:
         if best.epoch is not None:
