@@ -146,6 +146,15 @@ def assert_untouched(m, before):
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+def assert_refused_untouched(tmp_path, pattern, m=None, **kwargs):
+    """Resuming from tmp_path raises a ValueError matching ``pattern`` and loads nothing."""
+    m = model(seed=2) if m is None else m
+    before = state_of(m)
+    with pytest.raises(ValueError, match=pattern):
+        resume_with(tmp_path, m, **kwargs)
+    assert_untouched(m, before)
+
+
 def resume_with(tmp_path, m, **kwargs):
     train = DataLoader(separable(64), batch_size=16)
     Trainer(m, progress=False, checkpoint_dir=tmp_path, **kwargs.pop("trainer", {})).fit(
@@ -156,12 +165,9 @@ def test_a_checkpoint_of_another_head_width_is_refused_and_the_model_untouched(t
     with pytest.raises(Interrupt):
         run(tmp_path, stop_after=4)
     from transferlearn import replace_head
-    m = replace_head(model(seed=2), 4)
-    before = state_of(m)
-    with pytest.raises(ValueError, match=r"checkpoint '.*last.pt' does not fit this model and optimizer: shape "
-                                         r"fc.weight \(3, 8\) vs \(4, 8\), fc.bias \(3,\) vs \(4,\).*Nothing was loaded"):
-        resume_with(tmp_path, m)
-    assert_untouched(m, before)
+    assert_refused_untouched(tmp_path, r"checkpoint '.*last.pt' does not fit this model and optimizer: shape "
+                             r"fc.weight \(3, 8\) vs \(4, 8\), fc.bias \(3,\) vs \(4,\).*Nothing was loaded",
+                             m=replace_head(model(seed=2), 4))
 
 
 @pytest.mark.parametrize("change, pattern", [
@@ -172,11 +178,7 @@ def test_a_checkpoint_of_another_head_width_is_refused_and_the_model_untouched(t
 def test_another_optimizer_or_group_layout_is_refused(tmp_path, change, pattern):
     with pytest.raises(Interrupt):
         run(tmp_path, stop_after=2)
-    m = model(seed=2)
-    before = state_of(m)
-    with pytest.raises(ValueError, match=pattern):
-        resume_with(tmp_path, m, **change)
-    assert_untouched(m, before)
+    assert_refused_untouched(tmp_path, pattern, **change)
 
 
 @pytest.mark.parametrize("content, pattern", [
@@ -195,11 +197,7 @@ def test_empty_truncated_and_foreign_files_get_a_clear_error(tmp_path, content, 
         torch.save(model().state_dict(), tmp_path / LAST)
     else:
         (tmp_path / LAST).write_bytes(content)
-    m = model(seed=2)
-    before = state_of(m)
-    with pytest.raises(ValueError, match=pattern):
-        resume_with(tmp_path, m)
-    assert_untouched(m, before)
+    assert_refused_untouched(tmp_path, pattern)
 
 
 def test_resuming_a_finished_run_restores_its_last_phase(tmp_path):
@@ -286,11 +284,7 @@ def test_hand_edited_checkpoints_are_refused_before_anything_is_loaded(tmp_path,
     state = torch.load(tmp_path / LAST, weights_only=True)
     edit(state)
     torch.save(state, tmp_path / LAST)
-    m = model(seed=2)
-    before = state_of(m)
-    with pytest.raises(ValueError, match=pattern):
-        resume_with(tmp_path, m)
-    assert_untouched(m, before)
+    assert_refused_untouched(tmp_path, pattern)
 
 
 def test_other_learning_rates_at_resume_are_refused_not_silently_replaced(tmp_path):
