@@ -24,6 +24,7 @@ BOOL_OPTIONS = [
     ("fit(restore_best=)", lambda v: fit(restore_best=v), "restore_best"),
     ("fit(resume=)", lambda v: fit(resume=v), "resume"),
     ("Trainer(channels_last=)", lambda v: tl.Trainer(TinyNet(), channels_last=v), "channels_last"),
+    ("Trainer(compile=)", lambda v: tl.Trainer(TinyNet(), compile=v), "compile"),
     ("freeze_backbone(train_bn=)", lambda v: tl.freeze_backbone(TinyNet(), train_bn=v), "train_bn"),
     ("freeze_bn_running_stats(strict=)", lambda v: tl.freeze_bn_running_stats(TinyNet(), strict=v), "strict"),
     ("param_groups(trainable_only=)", lambda v: tl.param_groups(TinyNet(), head_lr=1e-3, trainable_only=v),

@@ -178,3 +178,18 @@ def test_bf16_autocast_features_are_what_the_uncached_pass_computes():
             warmup_epochs=2, finetune_epochs=0, cache_features=cache)
         runs.append([(r["train_loss"], r["val_loss"]) for r in h])
     assert runs[0] == runs[1]
+
+
+def test_compile_is_opt_in_and_wraps_only_the_uncached_forward(monkeypatch):
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        return module
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    Trainer(model(), progress=False).fit(DataLoader(separable(16), batch_size=8), warmup_epochs=1, finetune_epochs=1)
+    assert compiled == []
+    m = model()
+    Trainer(m, progress=False, compile=True).fit(DataLoader(separable(16), batch_size=8), warmup_epochs=1,
+                                                 finetune_epochs=1)
+    assert compiled == [m]                     # the fine-tune phase; the cached warm-up trains the head alone
