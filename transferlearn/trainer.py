@@ -134,9 +134,11 @@ class Trainer:
             mode, with the last phase's trainable parameters and BatchNorm policy.
 
         Raises:
-            TypeError, ValueError: bad settings, or a checkpoint that does not fit;
-            FileNotFoundError: ``resume`` path missing; FloatingPointError: a non-finite loss,
-            gradient norm or weight (the run stops; the last checkpoint stays the last good one).
+            TypeError: a setting of the wrong type.
+            ValueError: a bad setting, or a checkpoint that does not fit this run.
+            FileNotFoundError: the ``resume`` path is missing.
+            FloatingPointError: a non-finite loss, gradient norm, validation loss or weight
+                (the run stops; the last checkpoint stays the last good one).
         """
         explicit = {"warmup_epochs": warmup_epochs, "finetune_epochs": finetune_epochs, "head_lr": head_lr,
                     "backbone_lr": backbone_lr, "weight_decay": weight_decay, "freeze_bn": freeze_bn,
