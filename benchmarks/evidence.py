@@ -17,6 +17,7 @@ experiment, so a partial run keeps what it measured), and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -92,6 +93,10 @@ def claims(cfg: dict[str, Any]) -> dict[str, tuple[str, int, dict[str, Run]]]:
         "warmup": (c, n, {f"{w} warm-up epochs": Run(fit=base(warmup_epochs=w)) for w in (0, 2, 10)}),
         "backbone_lr": (c, n, {f"backbone lr {lr}": Run(fit=base(backbone_lr=lr))
                                for lr in (1e-2, 1e-3, 1e-4, (1e-5, 1e-3))}),
+        "backbone_lr_low": (c, n, {f"backbone lr {lr}": Run(fit=base(backbone_lr=lr))
+                                   for lr in (1e-4, 1e-5, (1e-5, 1e-4))}),
+        "backbone_lr_bn_adapting": (c, n, {f"backbone lr {lr}, BN adapting": Run(fit=base(backbone_lr=lr, freeze_bn=False))
+                                           for lr in (1e-2, 1e-3, 1e-4)}),
         "normalisation_fe": (c, n, {f"{norm}": Run(fit=fe, norm=norm) for norm in ("imagenet", "none", "minus1to1")}),
         "normalisation_ft": (c, n, {f"{norm}": Run(fit=base(), norm=norm) for norm in ("imagenet", "none", "minus1to1")}),
         "greyscale_fe": (g, gn, {stem: Run(fit=fe, stem=stem) for stem in ("replicate", "summed", "fresh")}),
@@ -100,8 +105,6 @@ def claims(cfg: dict[str, Any]) -> dict[str, tuple[str, int, dict[str, Run]]]:
 
 
 def _save(results: dict[str, Any], path: Path) -> None:
-    import json
-
     atomic_write(path, lambda f: f.write(json.dumps(results, indent=1).encode()))
 
 
@@ -124,17 +127,28 @@ def _seeded(task: Task, spec: Run, seeds: list[int], n: int | None) -> dict[str,
     return {k: [o[k] for o in outs] for k in outs[0]}
 
 
-def run_all(cfg: dict[str, Any], out: Path, *, only: set[str] | None = None, log: Callable = print) -> dict:
-    """Run every experiment of ``cfg`` and write ``out`` (JSON) after each one."""
+def run_all(cfg: dict[str, Any], out: Path, *, only: set[str] | None = None, add: bool = False,
+            log: Callable = print) -> dict:
+    """Run every experiment of ``cfg`` (or ``only`` those) and write ``out`` (JSON) after each
+    one; ``add=True`` adds them to the results already in ``out``, noting the run in
+    ``meta["additions"]``."""
     began = time.perf_counter()
     tasks = {name: Task(name, d.images, d.labels, d.classes, cfg["test_per_class"][name], SIMILAR[name])
              for name, size in cfg["sizes"].items() for d in [datasets.decoded(name, size=size)]}
-    results: dict[str, Any] = {"meta": meta(cfg), "claims": {}, "table": {}, "probe": {}, "resolution": {}}
+    if add and out.is_file():
+        results = json.loads(out.read_text())
+        if results["meta"]["config"] != json.loads(json.dumps(cfg)):
+            raise ValueError(f"--add: {out} was written with another configuration")
+        clock = {k: v for k, v in meta(cfg).items() if k in ("command", "commit", "threads", "started")}
+        results["meta"].setdefault("additions", []).append(clock)
+    else:
+        results = {"meta": meta(cfg), "claims": {}, "table": {}, "probe": {}, "resolution": {}}
+        clock = results["meta"]
 
     def done(what: str) -> None:
-        results["meta"]["wall_seconds"] = round(time.perf_counter() - began, 1)
+        clock["wall_seconds"] = round(time.perf_counter() - began, 1)
         _save(results, out)
-        log(f"[{results['meta']['wall_seconds']:7.0f} s] {what}")
+        log(f"[{clock['wall_seconds']:7.0f} s] {what}")
 
     for claim, (task, n, conditions) in claims(cfg).items():
         if only and claim not in only:
@@ -197,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads (default: all cores on an idle machine, 1 on a busy one: "
                         "oversubscribed OpenMP threads made a training step 3-40x slower here)")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    p.add_argument("--add", action="store_true", help="add the experiments to those already in --out")
     args = p.parse_args(argv)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     from threadpoolctl import threadpool_limits
@@ -205,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads or (1 if busy else torch.get_num_threads()))
     threadpool_limits(torch.get_num_threads())  # numpy/scikit-learn BLAS too (40x slower oversubscribed)
     out = args.out or REPO / "benchmarks" / "evidence_results" / f"{name}.json"
-    run_all(CONFIGS[name], out, only=set(args.only) if args.only else None)
+    run_all(CONFIGS[name], out, only=set(args.only) if args.only else None, add=args.add)
     print(f"wrote {out}")
     return 0
 

@@ -24,7 +24,8 @@ __all__ = ["fmt", "claim_table", "decision_table", "probe_table", "render_all", 
 
 # The row each claim is compared with.
 REFERENCE = {"strategies": "fine-tune all (baseline)", "batchnorm": None, "warmup": "2 warm-up epochs",
-             "backbone_lr": "backbone lr 0.0001", "normalisation_fe": "imagenet", "normalisation_ft": "imagenet",
+             "backbone_lr": "backbone lr 0.0001",
+             "backbone_lr_low": "backbone lr 0.0001", "backbone_lr_bn_adapting": "backbone lr 0.0001, BN adapting", "normalisation_fe": "imagenet", "normalisation_ft": "imagenet",
              "greyscale_fe": "replicate", "greyscale_ft": "replicate"}
 
 
@@ -133,7 +134,9 @@ def meta_table(meta: dict[str, Any]) -> str:
         f"| processor | {meta['cpu']}, {meta['threads']} torch thread(s), load average "
         f"{meta.get('load_average_at_start', float('nan')):.1f} at the start |",
         f"| versions | torch {meta['torch']}, Python {meta['python']} |", f"| started | {meta['started']} |",
-        f"| wall time | {meta.get('wall_seconds', 0) / 60:.1f} min |", f"| seeds | {meta['config']['seeds']} |"])
+        f"| wall time | {meta.get('wall_seconds', 0) / 60:.1f} min |", f"| seeds | {meta['config']['seeds']} |"]
+        + [f"| added later | `{a['command']}` ({a['started']}, {a.get('wall_seconds', 0) / 60:.1f} min) |"
+           for a in meta.get("additions", [])])
 
 
 def render_all(results: dict[str, Any]) -> dict[str, str]:

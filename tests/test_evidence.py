@@ -94,8 +94,9 @@ def test_smoke_run_writes_sane_json(tmp_path, mobilenet_weights):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
     seeds = results["meta"]["config"]["seeds"]
-    assert set(results["claims"]) == {"strategies", "batchnorm", "warmup", "backbone_lr", "normalisation_fe",
-                                      "normalisation_ft", "greyscale_fe", "greyscale_ft"}
+    assert set(results["claims"]) == {"strategies", "batchnorm", "warmup", "backbone_lr", "backbone_lr_low",
+                                      "backbone_lr_bn_adapting", "normalisation_fe", "normalisation_ft",
+                                      "greyscale_fe", "greyscale_ft"}
     accuracies = []
     for claim in results["claims"].values():
         for row in claim["rows"].values():
@@ -111,3 +112,19 @@ def test_smoke_run_writes_sane_json(tmp_path, mobilenet_weights):
     blocks = render_all(results)
     assert "decision-digits" in blocks and "| 3 |" in blocks["decision-digits"]
     assert (tmp_path / "data" / "tensors" / "digits-32.pt").is_file()    # the data went where we said
+
+
+def test_add_keeps_earlier_results_and_refuses_another_configuration(tmp_path, monkeypatch, mobilenet_weights):
+    from benchmarks.evidence import CONFIGS, run_all
+
+    monkeypatch.setenv("TRANSFERLEARN_DATA", str(tmp_path / "data"))
+    out = tmp_path / "r.json"
+    first = run_all(CONFIGS["smoke"], out, only={"greyscale_fe"}, log=lambda _: None)
+    run_all(CONFIGS["smoke"], out, only={"normalisation_fe"}, add=True, log=lambda _: None)
+    merged = json.loads(out.read_text())
+    assert set(merged["claims"]) == {"greyscale_fe", "normalisation_fe"}
+    assert merged["claims"]["greyscale_fe"] == json.loads(json.dumps(first["claims"]["greyscale_fe"]))
+    assert len(merged["meta"]["additions"]) == 1 and merged["meta"]["additions"][0]["wall_seconds"] >= 0
+    other = {**CONFIGS["smoke"], "seeds": [0, 1]}
+    with pytest.raises(ValueError, match=r"--add: .*r.json was written with another configuration"):
+        run_all(other, out, only={"warmup"}, add=True, log=lambda _: None)
