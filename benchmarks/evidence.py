@@ -52,16 +52,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
              "test_per_class": {"chess": 25, "elpv": 150, "digits": 50},
              "claim_task": "chess", "claim_n": 30, "grey_task": "elpv", "grey_n": 100,
              "table": {"chess": [10, 30, 50], "elpv": [10, 30, 100], "digits": [10, 30, 100]},
-             "probe": {"chess": 30, "digits": 100}, "head_epochs": [5, 20, 50, 200, "default"],
+             "far_tasks": {"elpv": 100, "digits": 100}, "probe": {"chess": 30, "digits": 100},
+             "head_epochs": [5, 20, 50, 200, "default"],
              "resolutions": [96, 128, 160, 224]},
     "quick": {"seeds": [0, 1, 2], "sizes": {"chess": 64, "elpv": 64, "digits": 32},
               "test_per_class": {"chess": 20, "elpv": 50, "digits": 20},
               "claim_task": "chess", "claim_n": 15, "grey_task": "elpv", "grey_n": 20,
               "table": {"chess": [10, 30], "elpv": [10, 30], "digits": [10]},
-              "probe": {"chess": 15, "digits": 30}, "head_epochs": [5, 50, "default"], "resolutions": []},
+              "far_tasks": {"elpv": 30, "digits": 30}, "probe": {"chess": 15, "digits": 30},
+              "head_epochs": [5, 50, "default"], "resolutions": []},
     "smoke": {"seeds": [0], "sizes": {"digits": 32}, "test_per_class": {"digits": 5},
               "claim_task": "digits", "claim_n": 3, "grey_task": "digits", "grey_n": 3,
-              "table": {"digits": [3]}, "probe": {"digits": 3}, "head_epochs": [2], "resolutions": [],
+              "table": {"digits": [3]}, "far_tasks": {"digits": 3}, "probe": {"digits": 3}, "head_epochs": [2],
+              "resolutions": [],
               "epochs": {"warmup_epochs": 1, "finetune_epochs": 1}},
 }
 SIMILAR = {"chess": True, "elpv": False, "digits": False}
@@ -79,6 +82,15 @@ def claims(cfg: dict[str, Any]) -> dict[str, tuple[str, int, dict[str, Run]]]:
         """The chapter's fine-tuning recipe (the library's ``fine_tune_all``) with one change."""
         return {**recipe, **changes}
 
+    far = {"strategy": RECIPES["fine_tune_all_far"](), **cfg.get("epochs", {})}
+    far_claims = {f"far_recipe_{t}": (t, tn, {
+        "far recipe (library default)": Run(fit=far, augment=True),
+        "without augmentation": Run(fit=far, augment=False),
+        "flat backbone lr 1e-4": Run(fit={**far, "backbone_lr": 1e-4}, augment=True),
+        "BN pinned everywhere": Run(fit={**far, "freeze_bn": True}, augment=True),
+        "similar-domain recipe (fine_tune_all)": Run(fit={"strategy": RECIPES["fine_tune_all"](),
+                                                          **cfg.get("epochs", {})})})
+        for t, tn in cfg["far_tasks"].items()}
     return {
         "strategies": (c, n, {
             "random init (1e-3 everywhere, BN adapting)": Run(
@@ -101,7 +113,7 @@ def claims(cfg: dict[str, Any]) -> dict[str, tuple[str, int, dict[str, Run]]]:
         "normalisation_ft": (c, n, {f"{norm}": Run(fit=base(), norm=norm) for norm in ("imagenet", "none", "minus1to1")}),
         "greyscale_fe": (g, gn, {stem: Run(fit=fe, stem=stem) for stem in ("replicate", "summed", "fresh")}),
         "greyscale_ft": (g, gn, {stem: Run(fit=base(), stem=stem) for stem in ("replicate", "summed", "fresh")}),
-    }
+    } | far_claims
 
 
 def _save(results: dict[str, Any], path: Path) -> None:
@@ -137,8 +149,10 @@ def run_all(cfg: dict[str, Any], out: Path, *, only: set[str] | None = None, add
              for name, size in cfg["sizes"].items() for d in [datasets.decoded(name, size=size)]}
     if add and out.is_file():
         results = json.loads(out.read_text())
-        if results["meta"]["config"] != json.loads(json.dumps(cfg)):
+        old, new = results["meta"]["config"], json.loads(json.dumps(cfg))
+        if any(old[k] != new.get(k) for k in old):  # new keys (new experiments) are fine
             raise ValueError(f"--add: {out} was written with another configuration")
+        old.update(new)
         clock = {k: v for k, v in meta(cfg).items() if k in ("command", "commit", "threads", "started")}
         results["meta"].setdefault("additions", []).append(clock)
     else:

@@ -23,7 +23,8 @@ from typing import Any
 __all__ = ["fmt", "claim_table", "decision_table", "probe_table", "render_all", "fill", "plot_decision"]
 
 # The row each claim is compared with.
-REFERENCE = {"strategies": "fine-tune all (baseline)", "batchnorm": None, "warmup": "2 warm-up epochs",
+REFERENCE = {"far_recipe_elpv": "far recipe (library default)", "far_recipe_digits": "far recipe (library default)",
+             "strategies": "fine-tune all (baseline)", "batchnorm": None, "warmup": "2 warm-up epochs",
              "backbone_lr": "backbone lr 0.0001",
              "backbone_lr_low": "backbone lr 0.0001", "backbone_lr_bn_adapting": "backbone lr 0.0001, BN adapting", "normalisation_fe": "imagenet", "normalisation_ft": "imagenet",
              "greyscale_fe": "replicate", "greyscale_ft": "replicate"}

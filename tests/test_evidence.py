@@ -96,11 +96,11 @@ def test_smoke_run_writes_sane_json(tmp_path, mobilenet_weights):
     seeds = results["meta"]["config"]["seeds"]
     assert set(results["claims"]) == {"strategies", "batchnorm", "warmup", "backbone_lr", "backbone_lr_low",
                                       "backbone_lr_bn_adapting", "normalisation_fe", "normalisation_ft",
-                                      "greyscale_fe", "greyscale_ft"}
+                                      "greyscale_fe", "greyscale_ft", "far_recipe_digits"}
     accuracies = []
     for claim in results["claims"].values():
         for row in claim["rows"].values():
-            assert len(row["accuracy"]) == len(seeds) and row["train_images"] == [30] * len(seeds)
+            assert len(row["accuracy"]) == len(seeds) and row["train_images"] == [30] * len(seeds), claim
             accuracies += row["accuracy"]
     for entry in results["table"]["digits"].values():
         assert entry["recommended"] in entry["rows"]        # the recommendation is one of those measured
