@@ -23,8 +23,10 @@ Real pretrained MobileNetV2 (IMAGENET1K_V1), batch 32. Parts, as in issue 8:
 case runs once per repeat, all cases interleaved (the order rotates each repeat); seconds are
 medians. Accuracy is always top-1 on the held-out split. Memory: the peak resident set size
 of the process during the case and its growth over the start (CUDA: max allocated).
-``Trainer(channels_last=False)`` shows what the layout lever gives. ``--scaling`` adds time
-against epochs (5, 20) and data (1x, 4x) for feature extraction, with a plot.
+Two lever rows in (b): ``Trainer(channels_last=False)`` (what the layout gives) and
+``fit(freeze_bn=False)`` (BatchNorm statistics adapting, as in the chapter's loop).
+``--scaling`` adds time against epochs (5, 20) and data (1x, 4x) for feature extraction,
+with a plot.
 Results: ``benchmarks/results/compare_loops[_quick|_cuda].{json,md}``.
 """
 
@@ -139,13 +141,19 @@ def b_textbook(b: Bench):
     return (lambda: tb.fine_tuning(model, b.loader(b.train), b.settings, warmup=2, finetune=3)), b.score
 
 
-def b_library(b: Bench, **trainer_options: Any):
+def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_options: Any):
     model = b.library_model()
 
     def run() -> Any:
         trainer = b.trainer(model, **trainer_options)
-        return trainer.fit(b.loader(b.train), warmup_epochs=2, finetune_epochs=3, backbone_lr=1e-4)
+        return trainer.fit(b.loader(b.train), warmup_epochs=2, finetune_epochs=3, backbone_lr=1e-4,
+                           **(fit_options or {}))
     return run, lambda _: b.score(model)
+
+
+def b_library_bn(b: Bench):
+    """BatchNorm statistics adapting in the fine-tune phase, as they do in the chapter's loop."""
+    return b_library(b, {"freeze_bn": False})
 
 
 def b_library_no_cl(b: Bench):
@@ -263,6 +271,7 @@ CASES: list[tuple[str, str, str, Case]] = [
     ("b", "textbook", "chapter loop: 2 frozen + 3 unfrozen epochs", b_textbook),
     ("b", "library", "Trainer.fit(warmup_epochs=2, finetune_epochs=3, backbone_lr=1e-4)", b_library),
     ("b", "lever", "the same with Trainer(channels_last=False)", b_library_no_cl),
+    ("b", "lever", "the same with fit(freeze_bn=False)", b_library_bn),
     ("c", "textbook", "raw inference_mode forward", c_raw),
     ("c", "library", "Trainer.predict(test_loader)", c_trainer_predict),
     ("c", "library", "load_classifier(dir).predict(files)", c_classifier),
@@ -359,7 +368,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--photo-limit", type=int, default=None, help="photos per split (all classes)")
     p.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--scaling-n", type=int, default=None, help="training images at 1x")
-    p.add_argument("--no-levers", action="store_true", help="skip the lever row (Trainer(channels_last=False))")
+    p.add_argument("--no-levers", action="store_true", help="skip the (b) lever rows")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="results stem (default benchmarks/results/...)")
     args = p.parse_args(argv)

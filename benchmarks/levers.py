@@ -7,6 +7,7 @@
     python benchmarks/levers.py head                                 # converged head on features
     python benchmarks/levers.py profile [--size 64]                  # where a fine-tune epoch goes
     python benchmarks/levers.py all
+    python benchmarks/levers.py report                               # the saved results as Markdown
 
 Every lever runs its variants interleaved (round-robin, after one untimed call each) and
 reports medians, so slow drifts of a shared machine hit all variants alike. Results go to
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +31,8 @@ from torch import nn
 
 import transferlearn as tl
 
-__all__ = ["lever_channels_last", "lever_compile", "lever_backward", "lever_workers", "lever_head", "lever_profile"]
+__all__ = ["lever_channels_last", "lever_compile", "lever_backward", "lever_workers", "lever_head",
+           "lever_profile", "report"]
 
 RESULTS = ROOT / "benchmarks" / "results"
 CPU = torch.device("cpu")
@@ -206,7 +209,31 @@ def lever_workers(size: int, settings: list[tuple[int, bool]], epochs: int,
               f"for {epochs} epochs ({', '.join(f'{s:.1f}' for s in per_epoch)})", flush=True)
         save(rows)
         del loader
+    if hasattr(tl, "load_image_folder"):
+        rows.append(_library_folder_epochs(root, size, epochs, model))
+        save(rows)
     return rows
+
+
+def _library_folder_epochs(root: Path, size: int, epochs: int, model: nn.Module) -> dict[str, Any]:
+    """The same passes through ``load_image_folder`` (JPEG draft mode, decoded-image cache)
+    and its ``loaders()`` defaults; the folder scan and check are inside the time."""
+    began = time.perf_counter()
+    data = tl.load_image_folder(root, size=size, val_fraction=0.0)
+    loader, _ = data.loaders(batch_size=32)
+    per_epoch = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for xb, _ in loader:
+                model(xb)
+        per_epoch.append(time.perf_counter() - t0)
+    row = {"size": size, "num_workers": loader.num_workers, "persistent_workers": loader.persistent_workers,
+           "variant": "load_image_folder + loaders() defaults", "epochs": epochs,
+           "seconds": time.perf_counter() - began, "epoch_seconds": per_epoch, "images": len(data.train)}
+    print(f"  {size}px load_image_folder (draft, cache; workers={loader.num_workers}): {row['seconds']:.1f}s "
+          f"for {epochs} epochs ({', '.join(f'{s:.1f}' for s in per_epoch)})", flush=True)
+    return row
 
 
 def _chess_root() -> Path:
@@ -338,10 +365,61 @@ def lever_profile(size: int, images: int, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------------------------------- report
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def report(results: Path) -> str:
+    """The saved lever results as Markdown tables (what docs/performance.md quotes)."""
+    out = []
+    for lever in ("channels_last", "backward", "compile", "workers", "head", "profile"):
+        path = results / f"levers_{lever}.json"
+        if not path.exists():
+            continue
+        saved = json.loads(path.read_text())
+        rows, m = saved["rows"], saved["machine"]
+        out.append(f"### {lever}\n\n`{saved.get('command', '')}` ({m['torch_threads']} thread(s), "
+                   f"load average {m.get('load_average') or 0:.1f})\n")
+        if lever == "channels_last":
+            out.append(_table(["size", "pass", "layout", "precision", "ms / batch of 32", "speed-up vs fp32 NCHW"], [
+                [r["size"], r["kind"], "channels_last" if r["channels_last"] else "contiguous",
+                 "bf16" if r["bf16"] else "fp32", f"{r['seconds_per_batch'] * 1000:.0f}",
+                 f"{r['speedup_vs_fp32_nchw']:.2f}x"] for r in rows]))
+        elif lever == "backward":
+            out.append(_table(["size", "step", "ms / batch of 32", "x forward"], [
+                [r["size"], r["variant"], f"{r['seconds_per_batch'] * 1000:.0f}", f"{r['x_forward']:.2f}"]
+                for r in rows]))
+        elif lever == "compile":
+            out.append(_table(["size", "layout", "first step (compile) s", "eager ms/step", "compiled ms/step",
+                               "speed-up", "pays after steps"], [
+                [r["size"], "channels_last" if r["channels_last"] else "contiguous",
+                 f"{r['first_compiled_step_s']:.1f}", f"{r['eager_step_s'] * 1000:.0f}",
+                 f"{r['compiled_step_s'] * 1000:.0f}", f"{r['speedup']:.2f}x",
+                 "never" if r["break_even_steps"] is None else f"{r['break_even_steps']:.0f}"] for r in rows]))
+        elif lever == "workers":
+            out.append(_table(["loader", "seconds (all epochs)", "per epoch"], [
+                [r.get("variant") or f"ImageFolder, num_workers={r['num_workers']}, persistent="
+                 f"{r['persistent_workers']}", f"{r['seconds']:.1f}",
+                 ", ".join(f"{x:.1f}" for x in r["epoch_seconds"])] for r in rows]))
+        elif lever == "head":
+            out.append(_table(["data", "head training", "test accuracy", "seconds"], [
+                [f"{r['data']} {r['size']}px", r["variant"], f"{r['test_accuracy']:.4f}", f"{r['seconds']:.2f}"]
+                for r in rows]))
+        else:
+            out.append(_table(["size", "layout", "seconds", "top operators (self CPU share)"], [
+                [r["size"], "channels_last" if r["channels_last"] else "contiguous", f"{r['seconds']:.2f}",
+                 ", ".join(f"{t['op']} {t['self_share']:.0%}" for t in r["top_ops"][:5])] for r in rows]))
+        out.append("")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lever", choices=["channels_last", "compile", "backward", "workers", "head", "profile", "all"])
+    parser.add_argument("lever", choices=["channels_last", "compile", "backward", "workers", "head", "profile",
+                                          "all", "report"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
@@ -353,7 +431,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    levers = ["channels_last", "backward", "head", "workers", "compile"] if args.lever == "all" else [args.lever]
+    if args.lever == "report":
+        print(report(args.out))
+        return
+    levers = ["channels_last", "backward", "head", "workers", "profile", "compile"] if args.lever == "all" \
+        else [args.lever]
     for lever in levers:
         print(f"== {lever}", flush=True)
         path = args.out / f"levers_{lever}.json"
