@@ -33,253 +33,20 @@ Results: ``benchmarks/results/compare_loops[_quick|_cuda].{json,md}``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import benchreport
 import textbook as tb
 import torch
 from benchutil import ROOT, machine, measure, split_folder
-from torch.utils.data import DataLoader, Dataset
+from compare_cases import CASES, Bench, a_library_n, a_textbook_n, transform
+from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
 
-import transferlearn as tl
-
-__all__ = ["Bench", "CASES", "main"]
-
-Case = Callable[["Bench"], tuple[Callable[[], Any], Callable[[Any], dict[str, Any]]]]
-
-
-@dataclass
-class Bench:
-    """Everything the cases share: settings, the digits splits, the photo folder."""
-
-    args: argparse.Namespace
-    settings: tb.Settings
-    train: Dataset
-    test: Dataset
-    classes: int
-    per_class: int
-    photos: Path | None
-    tmp: Path
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def weights(self) -> str | None:
-        return None if self.args.weights == "none" else self.args.weights
-
-    def loader(self, data: Dataset, shuffle: bool = True) -> DataLoader:
-        return DataLoader(data, batch_size=self.args.batch, shuffle=shuffle,
-                          generator=torch.Generator().manual_seed(0) if shuffle else None)
-
-    def library_model(self, num_classes: int | None = None) -> torch.nn.Module:
-        torch.manual_seed(0)
-        model = tl.load_model("mobilenet_v2", weights=self.weights, num_classes=num_classes or self.classes)
-        return model.to(memory_format=torch.channels_last) if self.settings.channels_last else model
-
-    def trainer(self, model: torch.nn.Module, **options: Any) -> tl.Trainer:
-        return tl.Trainer(model, device=self.settings.device, progress=False, seed=0,
-                          amp="bf16" if self.settings.amp else False, **options)
-
-    def score(self, model: torch.nn.Module, data: Dataset | None = None) -> dict[str, Any]:
-        return {"accuracy": tb.accuracy(model, self.loader(data or self.test, shuffle=False), self.settings)}
-
-
-def _transform(size: int, photos: bool = False) -> T.Compose:
-    """The chapter's eval preprocessing at ``size`` (photos: resize by 256/224, then crop)."""
-    resize = round(size * 256 / 224) if photos else size
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize(tl.IMAGENET_MEAN, tl.IMAGENET_STD)])
-
-
-# ------------------------------------------------------------------- (a) feature extraction
-def a_textbook(b: Bench):
-    model = tb.chapter_model(b.classes, b.weights, b.settings)
-    return (lambda: tb.feature_extraction(model, b.loader(b.train), b.settings, epochs=5)), b.score
-
-
-def a_library(b: Bench):
-    model = b.library_model()
-    return (lambda: b.trainer(model).fit(b.loader(b.train), warmup_epochs=5, finetune_epochs=0)), \
-        (lambda _: b.score(model))
-
-
-def a_default(b: Bench):
-    model = b.library_model()
-    strategy = tl.recommend_strategy(b.per_class)
-
-    def run() -> Any:
-        return b.trainer(model).fit(b.loader(b.train), strategy=strategy)
-    return run, lambda _: {**b.score(model), "note": f"{strategy.kind}, {strategy.warmup_epochs}+"
-                           f"{strategy.finetune_epochs} epochs"}
-
-
-def a_probe(b: Bench):
-    from sklearn.linear_model import LogisticRegression
-
-    model = b.library_model()
-
-    def run() -> Any:
-        feats = tl.extract_features(model, b.loader(b.train, shuffle=False))
-        return LogisticRegression(C=1.0, max_iter=5000).fit(feats.tensors[0].numpy(), feats.tensors[1].numpy())
-
-    def score(probe: Any) -> dict[str, Any]:
-        test = tl.extract_features(model, b.loader(b.test, shuffle=False))
-        return {"accuracy": float(probe.score(test.tensors[0].numpy(), test.tensors[1].numpy())),
-                "note": "extract features + LogisticRegression(C=1)"}
-    return run, score
-
-
-# ------------------------------------------------------------------------ (b) fine-tuning
-def b_textbook(b: Bench):
-    model = tb.chapter_model(b.classes, b.weights, b.settings)
-    return (lambda: tb.fine_tuning(model, b.loader(b.train), b.settings, warmup=2, finetune=3)), b.score
-
-
-def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_options: Any):
-    model = b.library_model()
-
-    def run() -> Any:
-        trainer = b.trainer(model, **trainer_options)
-        return trainer.fit(b.loader(b.train), warmup_epochs=2, finetune_epochs=3, backbone_lr=1e-4,
-                           **(fit_options or {}))
-    return run, lambda _: b.score(model)
-
-
-def b_library_bn(b: Bench):
-    """BatchNorm statistics adapting in the fine-tune phase, as they do in the chapter's loop."""
-    return b_library(b, {"freeze_bn": False})
-
-
-def b_library_no_cl(b: Bench):
-    """The layout lever off (a library without the option runs its only layout)."""
-    options = {"channels_last": False} if "channels_last" in inspect.signature(tl.Trainer).parameters else {}
-    return b_library(b, **options)
-
-
-# ------------------------------------------------------------------------- (c) prediction
-def _predict_model(b: Bench) -> torch.nn.Module:
-    if "predict_model" not in b.cache:  # one model for every (c) case, so outputs compare
-        b.cache["predict_model"] = b.library_model().to(b.settings.device).eval()
-    return b.cache["predict_model"]
-
-
-def _agreement(b: Bench, probs: torch.Tensor) -> dict[str, Any]:
-    ref = b.cache.get("raw_probs")
-    if ref is None or ref.shape != probs.shape:
-        return {}
-    diff = float((probs - ref).abs().max())
-    return {"max_abs_diff": diff, "note": f"max |p - p_raw| = {diff:.1e}"}
-
-
-def c_raw(b: Bench):
-    model = _predict_model(b)
-
-    def score(probs: torch.Tensor) -> dict[str, Any]:
-        b.cache["raw_probs"] = probs
-        return {"note": f"{len(probs)} test images"}
-    return (lambda: tb.raw_predict(model, b.loader(b.test, shuffle=False), b.settings)), score
-
-
-def c_trainer_predict(b: Bench):
-    trainer = b.trainer(_predict_model(b))
-    return (lambda: trainer.predict(b.loader(b.test, shuffle=False))), lambda p: _agreement(b, p)
-
-
-def c_classifier(b: Bench):
-    if not hasattr(tl, "load_classifier"):
-        return None
-    directory = b.tmp / "classifier"
-    if not directory.exists():
-        tl.save_classifier(_predict_model(b), directory, classes=[str(i) for i in range(b.classes)],
-                           transform=tl.imagenet_transform(size=b.args.size, resize=b.args.size),
-                           arch="mobilenet_v2")
-    clf = tl.load_classifier(directory)
-    paths = [p for p, _ in b.test.samples] if hasattr(b.test, "samples") else None
-    if paths is None:
-        return None
-
-    def run() -> Any:
-        return clf.predict(paths)
-
-    def score(out: list[dict[str, Any]]) -> dict[str, Any]:
-        top = torch.tensor([o["probability"] for o in out])
-        ref = b.cache.get("raw_probs")
-        if ref is None or len(ref) != len(top):
-            return {"note": "from the image files"}
-        diff = float((top - ref.max(1).values).abs().max())
-        return {"max_abs_diff": diff, "note": f"from the image files; max |p_top - p_raw_top| = {diff:.1e}"}
-    return run, score
-
-
-# ---------------------------------------------------------------------------- (d) floor
-def d_floor(b: Bench):
-    model = b.library_model().to(b.settings.device)
-    return (lambda: tb.floor_pass(model, b.loader(b.train, shuffle=False), b.settings)), \
-        (lambda n: {"note": f"{n} training images"})
-
-
-# ------------------------------------------------------------------ (e) photos end to end
-def _photo_sets(b: Bench) -> tuple[Dataset, Dataset, int]:
-    size = b.args.photo_size
-    train = tv_datasets.ImageFolder(str(b.photos / "train"), transform=_transform(size, photos=True))
-    val = tv_datasets.ImageFolder(str(b.photos / "val"), transform=_transform(size, photos=True))
-    return train, val, len(train.classes)
-
-
-def e_textbook(b: Bench):
-    holder: dict[str, Any] = {}
-
-    def run() -> Any:
-        train, val, n = _photo_sets(b)
-        holder.update(val=val, model=tb.chapter_model(n, b.weights, b.settings))
-        return tb.fine_tuning(holder["model"], b.loader(train), b.settings, warmup=2, finetune=3)
-    return run, lambda _: b.score(holder["model"], holder["val"])
-
-
-def e_library(b: Bench):
-    if not hasattr(tl, "load_image_folder"):
-        return None
-    holder: dict[str, Any] = {}
-
-    def run() -> Any:
-        data = tl.load_image_folder(b.photos, size=b.args.photo_size)
-        train_loader, _ = data.loaders(batch_size=b.args.batch, generator=torch.Generator().manual_seed(0))
-        model = b.library_model(len(data.classes))
-        holder.update(val=data.val, model=model)
-        return b.trainer(model).fit(train_loader, warmup_epochs=2, finetune_epochs=3, backbone_lr=1e-4)
-    return run, lambda _: b.score(holder["model"], holder["val"])
-
-
-def e_floor(b: Bench):
-    model = b.library_model().to(b.settings.device)
-    return (lambda: tb.floor_pass(model, b.loader(_photo_sets(b)[0], shuffle=False), b.settings)), \
-        (lambda n: {"note": f"{n} photos, decoded by ImageFolder"})
-
-
-# part, role, label, case
-CASES: list[tuple[str, str, str, Case]] = [
-    ("a", "textbook", "chapter loop: frozen backbone, 5 epochs", a_textbook),
-    ("a", "library", "Trainer.fit(warmup_epochs=5, finetune_epochs=0)", a_library),
-    ("a", "library", "Trainer.fit(strategy=recommend_strategy(n))", a_default),
-    ("a", "reference", "converged linear probe on the same features", a_probe),
-    ("b", "textbook", "chapter loop: 2 frozen + 3 unfrozen epochs", b_textbook),
-    ("b", "library", "Trainer.fit(warmup_epochs=2, finetune_epochs=3, backbone_lr=1e-4)", b_library),
-    ("b", "lever", "the same with Trainer(channels_last=False)", b_library_no_cl),
-    ("b", "lever", "the same with fit(freeze_bn=False)", b_library_bn),
-    ("c", "textbook", "raw inference_mode forward", c_raw),
-    ("c", "library", "Trainer.predict(test_loader)", c_trainer_predict),
-    ("c", "library", "load_classifier(dir).predict(files)", c_classifier),
-    ("d", "floor", "one inference pass of the backbone over the training set", d_floor),
-    ("e", "textbook", "ImageFolder + chapter fine-tuning loop (2+3)", e_textbook),
-    ("e", "library", "load_image_folder + Trainer.fit (2+3)", e_library),
-    ("e", "floor", "one inference pass over the photos (ImageFolder)", e_floor),
-]
+__all__ = ["CASES", "run_cases", "parse", "main"]
 
 
 def run_cases(b: Bench, parts: list[str], repeats: int) -> list[dict[str, Any]]:
@@ -320,9 +87,9 @@ def _balanced(targets: list[int], limit: int, seed: int) -> list[int]:
 
 def _digits(args: argparse.Namespace) -> tuple[Dataset, Dataset, int, int]:
     train_dir, test_dir = split_folder("digits", test_fraction=0.3)
-    transform = _transform(args.size)
-    train = tv_datasets.ImageFolder(str(train_dir), transform=transform)
-    test = tv_datasets.ImageFolder(str(test_dir), transform=transform)
+    preprocess = transform(args.size)
+    train = tv_datasets.ImageFolder(str(train_dir), transform=preprocess)
+    test = tv_datasets.ImageFolder(str(test_dir), transform=preprocess)
     if args.limit:
         for data, seed in ((train, 0), (test, 1)):  # ImageFolder subsets keep .samples (files) in step
             keep = _balanced(data.targets, args.limit, seed)
@@ -403,18 +170,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     benchreport.write(report, args.out)
     print(benchreport.markdown(report))
     return report
-
-
-def a_textbook_n(b: Bench, data: Dataset, epochs: int) -> Callable[[], Any]:
-    """The chapter's feature-extraction loop on ``data`` for ``epochs`` (for the scaling grid)."""
-    model = tb.chapter_model(b.classes, b.weights, b.settings)
-    return lambda: tb.feature_extraction(model, b.loader(data), b.settings, epochs=epochs)
-
-
-def a_library_n(b: Bench, data: Dataset, epochs: int) -> Callable[[], Any]:
-    """``Trainer.fit(warmup_epochs=epochs, finetune_epochs=0)`` on ``data`` (scaling grid)."""
-    model = b.library_model()
-    return lambda: b.trainer(model).fit(b.loader(data), warmup_epochs=epochs, finetune_epochs=0)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any, Callable
 
 import torch
 from benchutil import ROOT, machine, median, write_json
+from levers_data import lever_head, lever_workers
+from levers_report import report
 from torch import nn
 
 import transferlearn as tl
@@ -178,162 +179,6 @@ def lever_backward(size: int, rounds: int, lasts: list[int]) -> list[dict[str, A
     return rows
 
 
-# ------------------------------------------------------------------------------ workers
-def lever_workers(size: int, settings: list[tuple[int, bool]], epochs: int,
-                  save: Callable[[Any], None] = lambda rows: None) -> list[dict[str, Any]]:
-    """Seconds for ``epochs`` passes over the real chess photos (decode + resize + crop
-    through ImageFolder) with a MobileNetV2 forward, per DataLoader setting."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets
-
-    root = _chess_root()
-    transform = tl.imagenet_transform(size=size, resize=round(size * 256 / 224))
-    data = datasets.ImageFolder(str(root), transform=transform)
-    model = _model(num_classes=len(data.classes)).eval()
-    rows = []
-    for workers, persistent in settings:
-        loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=workers,
-                            persistent_workers=persistent and workers > 0)
-        began = time.perf_counter()
-        per_epoch = []
-        for _ in range(epochs):
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                for xb, _ in loader:
-                    model(xb)
-            per_epoch.append(time.perf_counter() - t0)
-        rows.append({"size": size, "num_workers": workers, "persistent_workers": persistent,
-                     "epochs": epochs, "seconds": time.perf_counter() - began, "epoch_seconds": per_epoch,
-                     "images": len(data)})
-        print(f"  {size}px workers={workers} persistent={persistent}: {rows[-1]['seconds']:.1f}s "
-              f"for {epochs} epochs ({', '.join(f'{s:.1f}' for s in per_epoch)})", flush=True)
-        save(rows)
-        del loader
-    if hasattr(tl, "load_image_folder"):
-        rows.append(_library_folder_epochs(root, size, epochs, model))
-        save(rows)
-    return rows
-
-
-def _library_folder_epochs(root: Path, size: int, epochs: int, model: nn.Module) -> dict[str, Any]:
-    """The same passes through ``load_image_folder`` (JPEG draft mode, decoded-image cache)
-    and its ``loaders()`` defaults; the folder scan and check are inside the time."""
-    began = time.perf_counter()
-    data = tl.load_image_folder(root, size=size, val_fraction=0.0)
-    loader, _ = data.loaders(batch_size=32)
-    per_epoch = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for xb, _ in loader:
-                model(xb)
-        per_epoch.append(time.perf_counter() - t0)
-    row = {"size": size, "num_workers": loader.num_workers, "persistent_workers": loader.persistent_workers,
-           "variant": "load_image_folder + loaders() defaults", "epochs": epochs,
-           "seconds": time.perf_counter() - began, "epoch_seconds": per_epoch, "images": len(data.train)}
-    print(f"  {size}px load_image_folder (draft, cache; workers={loader.num_workers}): {row['seconds']:.1f}s "
-          f"for {epochs} epochs ({', '.join(f'{s:.1f}' for s in per_epoch)})", flush=True)
-    return row
-
-
-def _chess_root() -> Path:
-    """The chess photos, folder per class, from the evidence engineer's fetcher."""
-    import datasets as bench_datasets  # benchmarks/datasets.py
-
-    return Path(bench_datasets.chess())
-
-
-# --------------------------------------------------------------------------------- head
-def _head_features(which: str, size: int) -> tuple[Any, Any, int]:
-    """Pretrained MobileNetV2 features of a train and a test split (cached on disk)."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets
-
-    cache = ROOT / ".cache" / "bench" / f"features_{which}_{size}.pt"
-    if cache.exists():
-        saved = torch.load(cache, weights_only=True)
-        return saved["train"], saved["test"], saved["classes"]
-    from benchutil import split_folder
-    train_dir, test_dir = split_folder(which, test_fraction=0.3 if which == "digits" else 0.5)
-    transform = tl.imagenet_transform(size=size, resize=round(size * 256 / 224))
-    train = datasets.ImageFolder(str(train_dir), transform=transform)
-    test = datasets.ImageFolder(str(test_dir), transform=transform)
-    model = tl.load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=len(train.classes))
-    feats = [tl.extract_features(model, DataLoader(d, batch_size=64)).tensors for d in (train, test)]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"train": feats[0], "test": feats[1], "classes": len(train.classes)}, cache)
-    return feats[0], feats[1], len(train.classes)
-
-
-def _adam_head(train: Any, classes: int, epochs: int, seed: int) -> nn.Linear:
-    torch.manual_seed(seed)
-    x, y = train
-    head = nn.Linear(x.shape[1], classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(32):
-            loss = nn.functional.cross_entropy(head(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return head
-
-
-def _lbfgs_head(train: Any, classes: int, l2: float, max_iter: int) -> nn.Linear:
-    torch.manual_seed(0)
-    x, y = train
-    head = nn.Linear(x.shape[1], classes)
-    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return head
-
-
-def _accuracy(head: nn.Module, test: Any) -> float:
-    with torch.no_grad():
-        return float((head(test[0]).argmax(1) == test[1]).float().mean())
-
-
-def lever_head(which: str, size: int, seeds: int) -> list[dict[str, Any]]:
-    """Adam for 5/10/20/50 cached epochs vs full-batch L-BFGS vs scikit-learn's converged
-    logistic probe, on the same cached features: test accuracy and seconds."""
-    from sklearn.linear_model import LogisticRegression
-
-    train, test, classes = _head_features(which, size)
-    n = len(train[0])
-    variants: dict[str, Callable[[int], nn.Module]] = {
-        f"adam {e} epochs": (lambda s, e=e: _adam_head(train, classes, e, s)) for e in (5, 10, 20, 50)}
-    for l2 in (0.0, 1.0 / n, 10.0 / n):
-        variants[f"lbfgs l2={l2:.1e}"] = lambda s, l2=l2: _lbfgs_head(train, classes, l2, 500)
-    for iters in (50, 100, 200):  # l2 = 1/n is scikit-learn's C=1
-        variants[f"lbfgs l2=1/n, max_iter={iters}"] = lambda s, i=iters: _lbfgs_head(train, classes, 1.0 / n, i)
-    rows = []
-    for name, make in variants.items():
-        accs, secs = [], []
-        for seed in range(seeds if name.startswith("adam") else 1):
-            began = time.perf_counter()
-            head = make(seed)
-            secs.append(time.perf_counter() - began)
-            accs.append(_accuracy(head, test))
-        rows.append({"data": which, "size": size, "variant": name, "test_accuracy": sum(accs) / len(accs),
-                     "accuracies": accs, "seconds": median(secs)})
-    began = time.perf_counter()
-    probe = LogisticRegression(C=1.0, max_iter=5000).fit(train[0].numpy(), train[1].numpy())
-    rows.append({"data": which, "size": size, "variant": "sklearn LogisticRegression(C=1) probe",
-                 "test_accuracy": float(probe.score(test[0].numpy(), test[1].numpy())),
-                 "seconds": time.perf_counter() - began})
-    for r in rows:
-        print(f"  {which} {size}px {r['variant']:38s} acc {r['test_accuracy']:.4f}  {r['seconds']:.2f}s", flush=True)
-    return rows
-
-
 # ------------------------------------------------------------------------------ profile
 def lever_profile(size: int, images: int, out: Path) -> list[dict[str, Any]]:
     """torch.profiler over one fine-tuning epoch of ``Trainer.fit`` (contiguous and
@@ -363,56 +208,6 @@ def lever_profile(size: int, images: int, out: Path) -> list[dict[str, Any]]:
         print(f"  {size}px {'channels_last' if cl else 'contiguous'}: {seconds:.2f}s; " + ", ".join(
             f"{t['op']} {t['self_share']:.0%}" for t in rows[-1]["top_ops"][:5]), flush=True)
     return rows
-
-
-# ------------------------------------------------------------------------------- report
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
-def report(results: Path) -> str:
-    """The saved lever results as Markdown tables (what docs/performance.md quotes)."""
-    out = []
-    for lever in ("channels_last", "backward", "compile", "workers", "head", "profile"):
-        path = results / f"levers_{lever}.json"
-        if not path.exists():
-            continue
-        saved = json.loads(path.read_text())
-        rows, m = saved["rows"], saved["machine"]
-        out.append(f"### {lever}\n\n`{saved.get('command', '')}` ({m['torch_threads']} thread(s), "
-                   f"load average {m.get('load_average') or 0:.1f})\n")
-        if lever == "channels_last":
-            out.append(_table(["size", "pass", "layout", "precision", "ms / batch of 32", "speed-up vs fp32 NCHW"], [
-                [r["size"], r["kind"], "channels_last" if r["channels_last"] else "contiguous",
-                 "bf16" if r["bf16"] else "fp32", f"{r['seconds_per_batch'] * 1000:.0f}",
-                 f"{r['speedup_vs_fp32_nchw']:.2f}x"] for r in rows]))
-        elif lever == "backward":
-            out.append(_table(["size", "step", "ms / batch of 32", "x forward"], [
-                [r["size"], r["variant"], f"{r['seconds_per_batch'] * 1000:.0f}", f"{r['x_forward']:.2f}"]
-                for r in rows]))
-        elif lever == "compile":
-            out.append(_table(["size", "layout", "first step (compile) s", "eager ms/step", "compiled ms/step",
-                               "speed-up", "pays after steps"], [
-                [r["size"], "channels_last" if r["channels_last"] else "contiguous",
-                 f"{r['first_compiled_step_s']:.1f}", f"{r['eager_step_s'] * 1000:.0f}",
-                 f"{r['compiled_step_s'] * 1000:.0f}", f"{r['speedup']:.2f}x",
-                 "never" if r["break_even_steps"] is None else f"{r['break_even_steps']:.0f}"] for r in rows]))
-        elif lever == "workers":
-            out.append(_table(["loader", "seconds (all epochs)", "per epoch"], [
-                [r.get("variant") or f"ImageFolder, num_workers={r['num_workers']}, persistent="
-                 f"{r['persistent_workers']}", f"{r['seconds']:.1f}",
-                 ", ".join(f"{x:.1f}" for x in r["epoch_seconds"])] for r in rows]))
-        elif lever == "head":
-            out.append(_table(["data", "head training", "test accuracy", "seconds"], [
-                [f"{r['data']} {r['size']}px", r["variant"], f"{r['test_accuracy']:.4f}", f"{r['seconds']:.2f}"]
-                for r in rows]))
-        else:
-            out.append(_table(["size", "layout", "seconds", "top operators (self CPU share)"], [
-                [r["size"], "channels_last" if r["channels_last"] else "contiguous", f"{r['seconds']:.2f}",
-                 ", ".join(f"{t['op']} {t['self_share']:.0%}" for t in r["top_ops"][:5])] for r in rows]))
-        out.append("")
-    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------- main
