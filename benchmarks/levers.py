@@ -6,6 +6,7 @@
     python benchmarks/levers.py workers                              # DataLoader on real JPEGs
     python benchmarks/levers.py head                                 # converged head on features
     python benchmarks/levers.py profile [--size 64]                  # where a fine-tune epoch goes
+    python benchmarks/levers.py predict [--size 64]                  # saved classifier vs raw forward
     python benchmarks/levers.py all
     python benchmarks/levers.py report                               # the saved results as Markdown
 
@@ -26,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 from benchutil import ROOT, machine, median, write_json
-from levers_data import lever_head, lever_workers
+from levers_data import lever_head, lever_predict, lever_workers
 from levers_report import report
 from torch import nn
 
@@ -214,7 +215,7 @@ def lever_profile(size: int, images: int, out: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lever", choices=["channels_last", "compile", "backward", "workers", "head", "profile",
-                                          "all", "report"])
+                                          "predict", "all", "report"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
             result = [lever_compile(args.size or 64, args.rounds, cl) for cl in (False, True)]
         elif lever == "backward":
             result = lever_backward(args.size or 128, args.rounds, [1, 2, 4])
+        elif lever == "predict":
+            result = [lever_predict(args.size or 64, 256, args.rounds, args.out)]
         elif lever == "profile":
             result = lever_profile(args.size or 64, 128, args.out)
         elif lever == "workers":

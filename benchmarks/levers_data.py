@@ -18,7 +18,7 @@ from torch import nn
 
 import transferlearn as tl
 
-__all__ = ["lever_workers", "lever_head"]
+__all__ = ["lever_workers", "lever_head", "lever_predict"]
 
 
 # ------------------------------------------------------------------------------ workers
@@ -176,3 +176,49 @@ def lever_head(which: str, size: int, seeds: int) -> list[dict[str, Any]]:
     for r in rows:
         print(f"  {which} {size}px {r['variant']:38s} acc {r['test_accuracy']:.4f}  {r['seconds']:.2f}s", flush=True)
     return rows
+
+
+def lever_predict(size: int, images: int, rounds: int, out: Path) -> dict[str, Any]:
+    """A loaded classifier's ``predict`` on image files against the raw forward over an
+    ``ImageFolder`` of the same files (interleaved), and a cProfile of ``predict``."""
+    import cProfile
+    import io
+    import pstats
+    import tempfile
+
+    import textbook as tb
+    from benchutil import split_folder
+    from compare_cases import transform
+    from levers import interleaved
+    from torch.utils.data import DataLoader
+    from torchvision import datasets
+
+    _, test_dir = split_folder("digits", test_fraction=0.3)
+    test = datasets.ImageFolder(str(test_dir), transform=transform(size))
+    test.samples = test.samples[:images]
+    paths = [p for p, _ in test.samples]
+    torch.manual_seed(0)
+    model = tl.load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=10).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        tl.save_classifier(model, Path(tmp) / "clf", classes=[str(i) for i in range(10)],
+                           transform=tl.imagenet_transform(size=size, resize=size), arch="mobilenet_v2")
+        clf = tl.load_classifier(Path(tmp) / "clf")
+    settings = tb.Settings(torch.device("cpu"))
+    seconds = interleaved({"raw": lambda: tb.raw_predict(model, DataLoader(test, batch_size=32), settings),
+                           "classifier": lambda: clf.predict(paths)}, rounds)
+    prof = cProfile.Profile()
+    prof.enable()
+    clf.predict(paths)
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(25)
+    (out / f"profile_classifier_predict_{size}px.txt").write_text(
+        f"load_classifier(...).predict({images} digit files) at {size}px, {torch.get_num_threads()} thread(s); "
+        f"raw forward {seconds['raw']:.3f}s, predict {seconds['classifier']:.3f}s (medians)\n{text.getvalue()}")
+    result = {"size": size, "images": images, "raw_s": seconds["raw"], "classifier_s": seconds["classifier"],
+              "throughput_vs_raw": seconds["raw"] / seconds["classifier"],
+              "file": f"profile_classifier_predict_{size}px.txt"}
+    print(f"  {size}px: raw {seconds['raw']:.2f}s, classifier.predict {seconds['classifier']:.2f}s "
+          f"({result['throughput_vs_raw']:.2f}x raw throughput)", flush=True)
+    return result
+

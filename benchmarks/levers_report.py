@@ -18,7 +18,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def report(results: Path) -> str:
     """The saved lever results as Markdown tables (what docs/performance.md quotes)."""
     out = []
-    for lever in ("channels_last", "backward", "compile", "workers", "head", "profile"):
+    for lever in ("channels_last", "backward", "compile", "workers", "head", "profile", "predict"):
         path = results / f"levers_{lever}.json"
         if not path.exists():
             continue
@@ -51,6 +51,10 @@ def report(results: Path) -> str:
             out.append(_table(["data", "head training", "test accuracy", "seconds"], [
                 [f"{r['data']} {r['size']}px", r["variant"], f"{r['test_accuracy']:.4f}", f"{r['seconds']:.2f}"]
                 for r in rows]))
+        elif lever == "predict":
+            out.append(_table(["size", "images", "raw forward s", "classifier.predict s", "throughput vs raw"], [
+                [r["size"], r["images"], f"{r['raw_s']:.2f}", f"{r['classifier_s']:.2f}",
+                 f"{r['throughput_vs_raw']:.2f}x"] for r in rows]))
         else:
             out.append(_table(["size", "layout", "seconds", "top operators (self CPU share)"], [
                 [r["size"], "channels_last" if r["channels_last"] else "contiguous", f"{r['seconds']:.2f}",
