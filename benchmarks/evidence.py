@@ -46,9 +46,9 @@ RECIPES: dict[str, Callable[[], tl.Strategy]] = {
     "fine_tune_all_far": lambda: tl.recommend_strategy(10, similar_domain=False),
 }
 
-# full: ~35 min on 2 idle cores; quick: a few minutes; smoke: digits only, for CI.
+# full: 5 seeds, ~40 min with 1 thread on a shared 2-core machine; quick: a few minutes; smoke: digits only, for CI.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "full": {"seeds": [0, 1, 2], "sizes": {"chess": 128, "elpv": 128, "digits": 64},
+    "full": {"seeds": [0, 1, 2, 3, 4], "sizes": {"chess": 128, "elpv": 128, "digits": 64},
              "test_per_class": {"chess": 25, "elpv": 150, "digits": 50},
              "claim_task": "chess", "claim_n": 30, "grey_task": "elpv", "grey_n": 100,
              "table": {"chess": [10, 30, 50], "elpv": [10, 30, 100], "digits": [10, 30, 100]},
