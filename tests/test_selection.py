@@ -108,3 +108,18 @@ def test_a_resumed_run_keeps_the_patience_count_of_its_phase(tmp_path, monkeypat
     resumed = go(tmp_path / "cut", resume=True)
     assert [r["epoch"] for r in full] == [1, 2, 3, 4, 6, 7, 8]
     assert [r["epoch"] for r in resumed] == [r["epoch"] for r in full]
+
+
+def test_a_new_best_copies_only_what_can_have_changed():
+    from transferlearn import freeze_backbone
+    m = model()
+    freeze_backbone(m)
+    best = BestEpoch()
+    best.update({"epoch": 1, "val_loss": 2.0, "val_accuracy": 0.1}, m)
+    first = best.state
+    with torch.no_grad():
+        m.fc.weight.add_(1.0)
+    best.update({"epoch": 2, "val_loss": 1.0, "val_accuracy": 0.2}, m)
+    assert best.state["stem.0.weight"] is first["stem.0.weight"]          # frozen: the same copy reused
+    assert best.state["fc.weight"] is not first["fc.weight"]
+    assert all(torch.equal(best.state[k], v) for k, v in m.state_dict().items())

@@ -61,10 +61,18 @@ class BestEpoch:
         key = _key(record, self.monitor)
         if key is not None and (self.key is None or key < self.key):
             self.epoch, self.key, self.stale = record["epoch"], key, 0
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.state = self._snapshot(model)
             return True
         self.stale += 1
         return False
+
+    def _snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A CPU copy of the weights. Within a fit only the optimizer moves weights, and the
+        trainable set only grows (warm-up head, then more), so a frozen parameter equals its
+        copy from the previous best and is reused: a cached warm-up copies the head alone."""
+        previous = self.state or {}
+        return {k: previous[k] if isinstance(v, nn.Parameter) and not v.requires_grad and k in previous
+                else v.detach().to("cpu", copy=True) for k, v in model.state_dict(keep_vars=True).items()}
 
     def new_phase(self) -> None:
         """Patience counts within a phase: a new phase starts with a clean count."""

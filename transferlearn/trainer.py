@@ -311,7 +311,8 @@ class Trainer:
 
     # --------------------------------------------------------------------- checkpoints
     def _save(self, next_epoch: int, phase: str, history: History, generators: list, best: BestEpoch) -> None:
-        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
         if bad:
             raise FloatingPointError(f"non-finite weights after epoch {history[-1]['epoch']} ({', '.join(bad[:3])}); "
                                      "the run stops and no checkpoint is written. Lower the learning rate "
