@@ -414,3 +414,23 @@ def test_files_are_seen_exactly_as_load_image_folder_sees_them(saved, tmp_path):
     assert not torch.equal(TF(load_image(paths[0])), data.val[0][0])   # the draft decode is a real difference
     with pytest.raises(TypeError, match=r"draft must be True or False, got 1 \(int\)"):
         clf.predict(paths, draft=1)
+
+
+def test_predict_runs_in_channels_last_and_gives_the_model_back_contiguous(tmp_path, monkeypatch):
+    module = classifier_module
+    seen = []
+    real = module.predict
+
+    def spy(model, batch, **kwargs):
+        seen.append(next(p for p in model.parameters() if p.ndim == 4 and p.shape[-1] > 1)
+                    .is_contiguous(memory_format=torch.channels_last))
+        return real(model, batch, **kwargs)
+    m = load_model("mobilenet_v2", weights=None, num_classes=2)
+    save_classifier(m, tmp_path / "c", classes=["a", "b"], transform=imagenet_transform(size=32))
+    clf = load_classifier(tmp_path / "c")
+    monkeypatch.setattr(module, "predict", spy)
+    probs = clf.predict_proba([torch.rand(3, 40, 40)])
+    assert seen == [True] and all(p.is_contiguous() for p in clf.model.parameters())
+    monkeypatch.setattr(module, "predict", real)
+    torch.testing.assert_close(clf.predict_proba([torch.rand(3, 40, 40)]).sum(1), torch.ones(1))
+    assert probs.shape == (1, 2)

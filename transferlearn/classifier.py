@@ -24,7 +24,8 @@ from torchvision.transforms import InterpolationMode
 from . import _classifier_parts as parts
 from ._checks import check_int, check_module, describe
 from ._classifier_format import CONFIG_NAME, FORMAT, ClassifierConfig
-from ._io import atomic_write
+from ._io import atomic_write, run_device
+from ._runtime import memory_layout, use_channels_last
 from .evaluation import predict
 from .images import load_image
 from .transforms import ImagePreprocess, imagenet_transform
@@ -176,11 +177,13 @@ class Classifier:
         side = self.transform.resize
         images = _items(items)
         rows = [torch.empty(0, len(self.classes))]
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.transform(load_image(x, draft=(side, side) if draft else None)
-                                                if isinstance(x, Path) else x)
-                                 for x in images[start:start + batch_size]])
-            rows.append(predict(self.model, batch, batch_size=batch_size))
+        fast = use_channels_last("auto", run_device(self.model), self.model)  # as the Trainer runs it
+        with memory_layout(self.model, fast):
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([self.transform(load_image(x, draft=(side, side) if draft else None)
+                                                    if isinstance(x, Path) else x)
+                                     for x in images[start:start + batch_size]])
+                rows.append(predict(self.model, batch, batch_size=batch_size))
         return torch.cat(rows)
 
     def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
