@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 
 import transferlearn as tl
 
-__all__ = ["Task", "TensorImages", "Run", "run", "probe", "train_mode_accuracy", "grey_stem"]
+__all__ = ["NORMS", "Task", "TensorImages", "Run", "run", "probe", "train_mode_accuracy", "grey_stem"]
 
 ARCH, WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
 GREY_MEAN = float(np.mean(tl.IMAGENET_MEAN))

@@ -22,12 +22,13 @@ from typing import Any
 
 __all__ = ["fmt", "claim_table", "decision_table", "probe_table", "render_all", "fill", "plot_decision"]
 
-# The row each claim is compared with.
-REFERENCE = {"far_recipe_elpv": "far recipe (library default)", "far_recipe_digits": "far recipe (library default)",
-             "strategies": "fine-tune all (baseline)", "batchnorm": None, "warmup": "2 warm-up epochs",
-             "backbone_lr": "backbone lr 0.0001",
-             "backbone_lr_low": "backbone lr 0.0001", "backbone_lr_bn_adapting": "backbone lr 0.0001, BN adapting", "normalisation_fe": "imagenet", "normalisation_ft": "imagenet",
-             "greyscale_fe": "replicate", "greyscale_ft": "replicate"}
+# Whether each task's images look like ImageNet photos (older results files do not say).
+SIMILAR = {"chess": True, "elpv": False, "digits": False}
+# The row each claim is compared with (default: its first row).
+REFERENCE = {"strategies": "fine-tune all (baseline)", "batchnorm": None, "warmup": "2 warm-up epochs",
+             "backbone_lr": "backbone lr 0.0001", "backbone_lr_low": "backbone lr 0.0001",
+             "backbone_lr_bn_adapting": "backbone lr 0.0001, BN adapting", "normalisation_fe": "imagenet",
+             "normalisation_ft": "imagenet", "greyscale_fe": "replicate", "greyscale_ft": "replicate"}
 
 
 def fmt(values: list[float], scale: float = 100.0, *, signed: bool = False) -> str:
@@ -52,6 +53,7 @@ def claim_table(name: str, claim: dict[str, Any]) -> str:
     """One claim: condition, accuracy, Δ to the reference row (batchnorm: pinned vs adapting per batch)."""
     rows = claim["rows"]
     ref = REFERENCE.get(name)
+    ref = ref if ref in rows else next(iter(rows))        # default: the first row
     lines = [f"*{claim['task']}, {claim['n_per_class']} training images per class, {claim['size']} px*", "",
              "| condition | test accuracy % | Δ vs reference (paired) | seconds per run |", "| --- | --- | --- | --- |"]
     for cond, row in rows.items():
@@ -68,7 +70,8 @@ def claim_table(name: str, claim: dict[str, Any]) -> str:
 
 def train_mode_table(claims: dict[str, Any]) -> str:
     """Accuracy in eval() vs left in train(), from the runs that recorded both."""
-    lines = ["| model | eval() | train(), batch 32 | train(), batch 8 | train() with BN pinned by transferlearn, batch 32 |",
+    lines = ["| model | eval() | train(), batch 32 | train(), batch 8 "
+             "| train() with BN pinned by transferlearn, batch 32 |",
              "| --- | --- | --- | --- | --- |"]
     for cond, row in claims.get("strategies", {}).get("rows", {}).items():
         if "train_mode_unpinned_bs32" in row:
@@ -77,8 +80,9 @@ def train_mode_table(claims: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _verdict(entry: dict[str, Any]) -> tuple[str, str]:
-    """(winner, whether the recommended strategy is the winner, within the spread, or not).
+def _verdict(entry: dict[str, Any], rec: str | None = None) -> tuple[str, str]:
+    """(winner, whether ``rec`` — default: the strategy recommended at run time — is the winner,
+    within the spread, or not).
 
     "Within the spread": the recommended strategy's mean is behind the winner's by no more
     than one seed-to-seed standard deviation (the larger of the two).
@@ -87,7 +91,9 @@ def _verdict(entry: dict[str, Any]) -> tuple[str, str]:
     mean = {k: statistics.fmean(r["accuracy"]) for k, r in rows.items()}
     std = {k: statistics.stdev(r["accuracy"]) if len(r["accuracy"]) > 1 else 0.0 for k, r in rows.items()}
     winner = max(mean, key=mean.get)
-    rec = entry["recommended"]
+    rec = entry["recommended"] if rec is None else rec
+    if rec not in rows:
+        return winner, "not measured"
     gap = mean[winner] - mean[rec]
     if rec == winner:
         return winner, "**yes**"
@@ -96,16 +102,38 @@ def _verdict(entry: dict[str, Any]) -> tuple[str, str]:
     return winner, f"**no** (−{100 * gap:.1f} pt)"
 
 
-def decision_table(task: str, sizes: dict[str, Any]) -> str:
-    """Accuracy per strategy for each size of one task, with the recommendation judged."""
+def current_pick(n: int, similar: bool, recipes: dict[str, dict[str, Any]]) -> str:
+    """The measured recipe that today's ``recommend_strategy`` returns, or ``"not measured"``.
+
+    Every training setting and the augmentation flag must match, except feature extraction's
+    head epochs (a detail the probe table covers).
+    """
+    import transferlearn as tl
+
+    s = tl.recommend_strategy(n, similar_domain=similar)
+    now = json.loads(json.dumps({**s.fit_kwargs(), "augment": s.augment}))
+    drop = {"warmup_epochs"} if s.kind == "feature_extraction" else set()
+    same = [name for name, r in recipes.items() if {k: v for k, v in r.items() if k not in drop} ==
+            {k: v for k, v in now.items() if k not in drop}]
+    return same[0] if same else f"{s.kind} (not measured)"
+
+
+def decision_table(task: str, sizes: dict[str, Any], recipes: dict[str, dict[str, Any]] | None = None) -> str:
+    """Accuracy per strategy for each size of one task; the recommendation at run time judged,
+    and (given the run's ``recipes``) today's recommendation judged on the same numbers."""
     kinds = list(next(iter(sizes.values()))["rows"])
-    lines = ["| images per class | " + " | ".join(kinds) + " | recommended | picks the winner? |",
-             "| --- | " + " | ".join("---" for _ in kinds) + " | --- | --- |"]
+    now_cols = " | recommended now | picks the winner? |" if recipes else " |"
+    lines = ["| images per class | " + " | ".join(kinds) + " | recommended at run time | picks the winner?" + now_cols,
+             "| --- | " + " | ".join("---" for _ in kinds) + " | --- | ---" + (" | --- | --- |" if recipes else " |")]
     for n, entry in sizes.items():
         winner, verdict = _verdict(entry)
         cells = [(f"**{fmt(entry['rows'][k]['accuracy'])}**" if k == winner else fmt(entry["rows"][k]["accuracy"]))
                  for k in kinds]
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {entry['recommended']} | {verdict} |")
+        line = f"| {n} | " + " | ".join(cells) + f" | {entry['recommended']} | {verdict} |"
+        if recipes:
+            pick = current_pick(int(n), entry.get("similar_domain", SIMILAR.get(task, True)), recipes)
+            line += f" {pick} | {_verdict(entry, pick)[1]} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -146,7 +174,8 @@ def render_all(results: dict[str, Any]) -> dict[str, str]:
     blocks.update({name: claim_table(name, c) for name, c in results["claims"].items()})
     if "strategies" in results["claims"]:
         blocks["train-mode"] = train_mode_table(results["claims"])
-    blocks.update({f"decision-{t}": decision_table(t, sizes) for t, sizes in results["table"].items()})
+    recipes = results["meta"].get("recipes")
+    blocks.update({f"decision-{t}": decision_table(t, sizes, recipes) for t, sizes in results["table"].items()})
     if results.get("probe"):
         blocks["probe"] = probe_table(results["probe"])
     if results.get("resolution"):
@@ -178,8 +207,9 @@ def plot_decision(results: dict[str, Any], path: Path) -> None:
             ax.errorbar(ns, [100 * statistics.fmean(a) for a in acc],
                         yerr=[100 * statistics.stdev(a) if len(a) > 1 else 0 for a in acc],
                         marker="o", capsize=3, label=kind)
-        ax.set(xscale="log", xticks=ns, xticklabels=[str(n) for n in ns], title=task,
-               xlabel="training images per class", ylabel="test accuracy %")
+        ax.set(xscale="log", title=task, xlabel="training images per class", ylabel="test accuracy %")
+        ax.minorticks_off()
+        ax.set_xticks(ns, [str(n) for n in ns])
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

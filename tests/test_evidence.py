@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchmarks import datasets
-from benchmarks.evidence_report import _verdict, fill, fmt, render_all
+from benchmarks.evidence_report import _verdict, current_pick, fill, fmt, render_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +73,22 @@ def test_verdict_names_winner_spread_and_miss():
     assert winner == "a" and text == "within the spread (−3.0 pt)"
     winner, text = _verdict(_entry("b", a=[0.90, 0.80], b=[0.70, 0.80]))   # gap 10 pt, std 7.1 pt
     assert winner == "a" and text == "**no** (−10.0 pt)"
+
+
+def test_current_pick_maps_todays_table_onto_the_measured_recipes():
+    import transferlearn as tl
+
+    all_, fe = tl.recommend_strategy(300), tl.recommend_strategy(10)
+    recipes = {"fine_tune_all": {**all_.fit_kwargs(), "augment": all_.augment},
+               "other": {**all_.fit_kwargs(), "augment": True},
+               "feature_extraction": {**fe.fit_kwargs(), "augment": False, "warmup_epochs": 7}}
+    recipes = json.loads(json.dumps(recipes))                       # as read back from the JSON
+    assert current_pick(10, True, recipes) == "feature_extraction"
+    assert current_pick(300, True, recipes) == "fine_tune_all"
+    assert current_pick(5000, True, recipes) == "fine_tune_last (not measured)"
+    del recipes["feature_extraction"]
+    assert current_pick(10, True, recipes) == "feature_extraction (not measured)"
+    assert _verdict(_entry("a", a=[0.9], b=[0.5]), "fine_tune_last (not measured)") == ("a", "not measured")
 
 
 def test_fmt_and_fill():
