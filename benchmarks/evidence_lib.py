@@ -180,7 +180,7 @@ def train_mode_accuracy(model: nn.Module, test: Dataset, seed: int) -> dict[str,
     return out
 
 
-def probe(task: Task, seed: int, n_per_class: int, epochs: Sequence[int | str]) -> dict[str, Any]:
+def probe(task: Task, seed: int, n_per_class: int, epochs: Sequence[int]) -> dict[str, Any]:
     """Head-only training for each of ``epochs`` (cached features) against a converged
     logistic-regression probe (scikit-learn, L-BFGS) on the same frozen features."""
     from sklearn.linear_model import LogisticRegression
@@ -188,9 +188,8 @@ def probe(task: Task, seed: int, n_per_class: int, epochs: Sequence[int | str]) 
     train_idx, test_idx = task.split(seed, n_per_class)
     tf = transform_for(task.size, train=False)
     out: dict[str, Any] = {}
-    for e in epochs:  # "default": the library's feature-extraction strategy for this size
-        fit = {"strategy": tl.recommend_strategy(n_per_class)} if e == "default" else \
-            {"warmup_epochs": e, "finetune_epochs": 0}
+    for e in epochs:
+        fit = {"warmup_epochs": e, "finetune_epochs": 0}
         out[f"head_{e}"] = run(task, Run(fit=fit), seed, n_per_class)["accuracy"]
     model = build_model(task, Run(fit={}), seed)
     feats = [tl.extract_features(model, _loader(task, idx, tf, 128, None)).tensors for idx in (train_idx, test_idx)]
