@@ -23,7 +23,7 @@ __all__ = ["STRATEGIES", "evaluate", "export", "fit", "install", "predict", "rec
 
 STRATEGIES = ("auto", "feature_extraction", "fine_tune_last", "fine_tune_all")
 # The class sizes of each similar-domain row of the decision table (strategy.md).
-_ROWS = {"feature_extraction": (1, 1_000), "fine_tune_last": (1_001, 10_000), "fine_tune_all": (10_001, None)}
+_ROWS = {"feature_extraction": (1, 29), "fine_tune_last": (1_001, 10_000), "fine_tune_all": (10_001, None)}
 
 
 def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
