@@ -39,13 +39,7 @@ def lever_workers(size: int, settings: list[tuple[int, bool]], epochs: int,
         loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=workers,
                             persistent_workers=persistent and workers > 0)
         began = time.perf_counter()
-        per_epoch = []
-        for _ in range(epochs):
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                for xb, _ in loader:
-                    model(xb)
-            per_epoch.append(time.perf_counter() - t0)
+        per_epoch = _timed_epochs(loader, model, epochs)
         rows.append({"size": size, "num_workers": workers, "persistent_workers": persistent,
                      "epochs": epochs, "seconds": time.perf_counter() - began, "epoch_seconds": per_epoch,
                      "images": len(data)})
@@ -59,19 +53,25 @@ def lever_workers(size: int, settings: list[tuple[int, bool]], epochs: int,
     return rows
 
 
+def _timed_epochs(loader: Any, model: nn.Module, epochs: int) -> list[float]:
+    """Seconds of each inference pass of ``model`` over ``loader``."""
+    seconds = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for xb, _ in loader:
+                model(xb)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
 def _library_folder_epochs(root: Path, size: int, epochs: int, model: nn.Module) -> dict[str, Any]:
     """The same passes through ``load_image_folder`` (JPEG draft mode, decoded-image cache)
     and its ``loaders()`` defaults; the folder scan and check are inside the time."""
     began = time.perf_counter()
     data = tl.load_image_folder(root, size=size, val_fraction=0.0)
     loader, _ = data.loaders(batch_size=32)
-    per_epoch = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for xb, _ in loader:
-                model(xb)
-        per_epoch.append(time.perf_counter() - t0)
+    per_epoch = _timed_epochs(loader, model, epochs)
     row = {"size": size, "num_workers": loader.num_workers, "persistent_workers": loader.persistent_workers,
            "variant": "load_image_folder + loaders() defaults", "epochs": epochs,
            "seconds": time.perf_counter() - began, "epoch_seconds": per_epoch, "images": len(data.train)}

@@ -16,6 +16,16 @@ class Interrupt(Exception):
     pass
 
 
+def assert_resume_is_exact(go, tmp_path, stop_after):
+    """``go(path, stop_after=, resume=)`` trains and returns the model: a run cut after
+    ``stop_after`` epochs and resumed ends with exactly the uninterrupted run's weights."""
+    full = go(tmp_path / "full")
+    with pytest.raises(Interrupt):
+        go(tmp_path / "cut", stop_after=stop_after)
+    resumed = go(tmp_path / "cut", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+
+
 def crash_after(trainer: Trainer, stop_after: int | None) -> None:
     """Make ``trainer`` raise right after it has saved the checkpoint of epoch ``stop_after``."""
     if stop_after is None:
@@ -130,11 +140,7 @@ def test_resume_with_a_sampler_generator(tmp_path):
         crash_after(trainer, kwargs.pop("stop_after", None))
         trainer.fit(train, warmup_epochs=1, finetune_epochs=3, cache_features=False, **kwargs)
         return m
-    full = go(tmp_path / "full")
-    with pytest.raises(Interrupt):
-        go(tmp_path / "cut", stop_after=2)
-    resumed = go(tmp_path / "cut", resume=True)
-    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+    assert_resume_is_exact(go, tmp_path, stop_after=2)
 
 
 # ------------------------------------------------------------- resume checks before it changes anything
@@ -243,11 +249,7 @@ def test_every_generator_of_the_loader_is_saved_for_resume(tmp_path, make, cache
         crash_after(trainer, stop_after)
         trainer.fit(make(separable(64)), warmup_epochs=2, finetune_epochs=2, cache_features=cache, resume=resume)
         return m
-    full = go(tmp_path / "full")
-    with pytest.raises(Interrupt):
-        go(tmp_path / "cut", stop_after=2)
-    resumed = go(tmp_path / "cut", resume=True)
-    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+    assert_resume_is_exact(go, tmp_path, stop_after=2)
 
 
 def test_a_crash_between_last_pt_and_the_best_swap_stays_resumable(tmp_path, monkeypatch):
