@@ -34,7 +34,7 @@ from torch.utils.data import (
 )
 
 from .batchnorm import is_bn_frozen
-from .loaders import effective_sampler, rebuild_loader
+from .loaders import effective_sampler, loader_samplers, rebuild_loader
 
 __all__ = ["Distributed", "StrideSampler"]
 
@@ -173,9 +173,7 @@ class Distributed:
     def set_epoch(loader: Any, epoch: int) -> None:
         """Call ``set_epoch`` on every sampler of ``loader`` that has one (the user's
         DistributedSampler included, as Lightning does)."""
-        samplers = {id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
-                                       getattr(getattr(loader, "batch_sampler", None), "sampler", None))}
-        for sampler in samplers.values():
+        for sampler in loader_samplers(loader):
             if callable(getattr(sampler, "set_epoch", None)):
                 sampler.set_epoch(epoch)
 

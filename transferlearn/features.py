@@ -92,10 +92,12 @@ def _run_and_check(model: nn.Module, inputs: torch.Tensor, calls: list[int], out
     if calls[0] != 1:
         raise NotCacheable(f"the head ran {calls[0]} times in one forward pass, so its inputs cannot be "
                            "matched to samples; train with cache_features=False")
+    if not check_output:
+        return
     head_out = outputs[0]
     same = isinstance(head_out, torch.Tensor) and head_out.shape == logits.shape and \
         bool(((head_out == logits) | (head_out.isnan() & logits.isnan())).all())  # NaN inputs: NaN both
-    if check_output and not same:
+    if not same:
         raise NotCacheable("the model's output is not its head's output (a layer runs after the head, "
                            "e.g. log_softmax or a scale), so training the head alone on cached features "
                            "would skip it; train with cache_features=False")

@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sequenti
 from torch.utils.data._utils.collate import default_collate
 
 __all__ = ["rebuild_loader", "index_batches", "sampler_support", "not_cacheable", "effective_sampler",
-           "loader_generators", "is_sequential"]
+           "loader_generators", "loader_samplers", "is_sequential"]
 
 _KEPT = [name for name in inspect.signature(DataLoader.__init__).parameters
          if name not in ("self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")]
@@ -80,13 +80,20 @@ def sampler_support(loader: DataLoader) -> list[int] | None:
     return support
 
 
-def loader_generators(loader: Any) -> list[torch.Generator]:
-    """Every distinct random generator a loader draws from: its own, its sampler's, its
-    batch_sampler's and the batch_sampler's sampler's (what a checkpoint must save)."""
+def loader_samplers(loader: Any) -> list[Any]:
+    """The distinct sampler objects behind a loader: its sampler, its batch_sampler and the
+    batch_sampler's own sampler (those that exist)."""
     batch_sampler = getattr(loader, "batch_sampler", None)
-    owners = (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None))
+    found = {id(s): s for s in (getattr(loader, "sampler", None), batch_sampler,
+                                getattr(batch_sampler, "sampler", None)) if s is not None}
+    return list(found.values())
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """Every distinct random generator a loader draws from: its own and its samplers'
+    (``loader_samplers``); what a checkpoint must save."""
     found: dict[int, torch.Generator] = {}
-    for owner in owners:
+    for owner in (loader, *loader_samplers(loader)):
         generator = getattr(owner, "generator", None)
         if isinstance(generator, torch.Generator):
             found.setdefault(id(generator), generator)
