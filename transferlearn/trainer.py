@@ -181,7 +181,7 @@ class Trainer:
             record = self._epoch(epoch, plan, train_loader, val_loader, cache if warm else None,
                                  val_cache if warm else None)
             if val_loader is not None:
-                record["best"] = best.update(record, self.model)
+                best.update(record, self.model)  # the record's ``best`` flag is set once, at the end
             epoch += 1
             if best.should_stop():
                 record["stopped_early"] = True
@@ -227,9 +227,11 @@ class Trainer:
     def _validate(self, val_loader: Any, val_cache: FeatureCache | None) -> dict[str, float | None]:
         if val_cache is None:
             return self.evaluate(val_loader)
-        head = self.model.get_submodule(find_head(self.model, head=self.head)[0])
-        return evaluate(head, val_cache.batches(val_loader), criterion=self.criterion, device=self.device,
-                        precision=self.precision)
+        return evaluate(self._head_module(), val_cache.batches(val_loader), criterion=self.criterion,
+                        device=self.device, precision=self.precision)
+
+    def _head_module(self) -> nn.Module:
+        return find_head(self.model, head=self.head)[1]
 
     # -------------------------------------------------------------------------- phases
     def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool, best: BestEpoch, new: bool) -> str:
@@ -238,7 +240,7 @@ class Trainer:
             best.new_phase()
         set_phase(self.model, phase, last=cfg["unfreeze"], freeze_bn=cfg["freeze_bn"], head=self.head)
         # DDP syncs what is trainable when it is built: the head alone on cached features
-        target = self.model.get_submodule(find_head(self.model, head=self.head)[0]) if cached else self.model
+        target = self._head_module() if cached else self.model
         self._forward = self.dist.wrap(target, self.device)
         if self.compile and not cached:
             self._forward = torch.compile(self._forward)
