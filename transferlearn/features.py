@@ -179,6 +179,8 @@ class FeatureCache:
     def __init__(self, features: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> None:
         self.features, self.targets, self.rows = features, targets, rows
         self._passes = 0
+        # every dataset index has its own row, in order (the usual case): batches skip the lookup
+        self._identity = len(rows) == len(features) and bool((rows == torch.arange(len(rows))).all())
 
     def __len__(self) -> int:
         return len(self.features)
@@ -191,7 +193,11 @@ class FeatureCache:
         stream = index_batches(loader, draw_seed=not (persistent and self._passes > 0))
         self._passes += 1
         for indices in stream:
-            rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
+            rows = torch.as_tensor(indices, dtype=torch.long)
+            if self._identity:  # index_select checks the bounds
+                yield self.features.index_select(0, rows), self.targets.index_select(0, rows)
+                continue
+            rows = self.rows[rows]
             if bool((rows < 0).any()):
                 raise ValueError("the train_loader's sampler yielded an index whose features were not "
                                  "cached (its `indices` changed after fit started?)")

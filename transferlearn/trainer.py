@@ -85,6 +85,8 @@ class Trainer:
         self.device = self.dist.setup(pick_device(device))
         self.model = model.to(self.device)
         self._forward: nn.Module = self.model  # the model, or its DDP wrapper under torchrun
+        self._running: nn.Module = self.model  # what a training step runs: the model, or the head alone when cached
+        self._trainable: list[tuple[str, torch.Tensor]] = []  # set per phase: what the optimizer moves
         self.precision = Precision(amp, self.device)
         self.channels_last = use_channels_last(channels_last, self.device, self.model)
         self._nhwc = False
@@ -240,15 +242,16 @@ class Trainer:
             best.new_phase()
         set_phase(self.model, phase, last=cfg["unfreeze"], freeze_bn=cfg["freeze_bn"], head=self.head)
         # DDP syncs what is trainable when it is built: the head alone on cached features
-        target = self._head_module() if cached else self.model
-        self._forward = self.dist.wrap(target, self.device)
+        self._running = self._head_module() if cached else self.model
+        self._trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self._forward = self.dist.wrap(self._running, self.device)
         if self.compile and not cached:
             self._forward = torch.compile(self._forward)
         return phase
 
     # ---------------------------------------------------------------------------- loop
     def _train_epoch(self, loader: Any, cache: FeatureCache | None, where: str) -> tuple[float, float | None]:
-        self.model.train()
+        self._running.train()  # on cached features only the head runs; the backbone's modes do not matter
         if cache is not None:
             batches: Any = cache.batches(loader)
             total = len(loader.batch_sampler) if hasattr(loader.batch_sampler, "__len__") else None
@@ -258,7 +261,7 @@ class Trainer:
                 total = len(loader)
             except TypeError:  # an IterableDataset or a batch_sampler without a length
                 total = None
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = [p for _, p in self._trainable]
         tally = _Tally()
         for step, batch in enumerate(self.progress.batches(batches, total, where)):
             inputs, targets = split_batch(batch, source="train_loader")
@@ -270,7 +273,8 @@ class Trainer:
             with self.precision.autocast():
                 logits, aux = _split_outputs(self._forward(inputs))
                 loss = self.criterion(logits, targets)
-                loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
+                if aux:  # inception_v3 / googlenet in train mode
+                    loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
             value = float(loss.detach())
             self._check_finite(math.isfinite(value), f"loss {value}", where, step)
             self._step(loss, trainable, where, step)
@@ -314,7 +318,7 @@ class Trainer:
     # --------------------------------------------------------------------- checkpoints
     def _save(self, next_epoch: int, phase: str, history: History, generators: list, best: BestEpoch) -> None:
         # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)
-        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        bad = [n for n, p in self._trainable if not bool(torch.isfinite(p).all())]
         if bad:
             raise FloatingPointError(f"non-finite weights after epoch {history[-1]['epoch']} ({', '.join(bad[:3])}); "
                                      "the run stops and no checkpoint is written. Lower the learning rate "
