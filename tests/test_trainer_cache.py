@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from transferlearn import Trainer
+from transferlearn.features import cached_step_module
 
 from .test_trainer import Augmented, count_backbone_runs, model, separable
 
@@ -193,3 +194,43 @@ def test_compile_is_opt_in_and_wraps_only_the_uncached_forward(monkeypatch):
     Trainer(m, progress=False, compile=True).fit(DataLoader(separable(16), batch_size=8), warmup_epochs=1,
                                                  finetune_epochs=1)
     assert compiled == [m]                     # the fine-tune phase; the cached warm-up trains the head alone
+
+
+class DropoutBeforeHead(torch.nn.Module):
+    """MobileNet's / EfficientNet's layout: ``classifier = Sequential(Dropout, Linear)``, or
+    VGG's (``Linear, ReLU, Dropout, Linear``) with ``vgg=True``; the head is the last Linear."""
+
+    def __init__(self, vgg: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        middle = [nn.Linear(8, 8), nn.ReLU(), nn.Dropout(0.5)] if vgg else [nn.Dropout(0.5)]
+        self.classifier = nn.Sequential(*middle, nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+@pytest.mark.parametrize("vgg", [False, True])
+def test_a_dropout_before_the_head_drops_cached_features_as_it_would_uncached(vgg):
+    def train(cache):
+        m = DropoutBeforeHead(vgg)
+        history = Trainer(m, progress=False, seed=0).fit(
+            DataLoader(separable(64), batch_size=16, shuffle=True), DataLoader(separable(48, 5), batch_size=16),
+            warmup_epochs=3, finetune_epochs=0, cache_features=cache)
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history], m.state_dict()
+
+    cached, cached_state = train(True)
+    plain, plain_state = train(False)
+    assert cached == plain                                      # same losses, so the same dropout masks
+    assert all(torch.equal(cached_state[k], plain_state[k]) for k in plain_state)
+    assert cached_step_module(DropoutBeforeHead(vgg))[0].p == 0.5  # Dropout + head, not the head alone
+
+
+def test_the_cached_step_module_is_the_head_when_nothing_drops_before_it(tiny):
+    assert cached_step_module(tiny) is tiny.fc                  # the head is not in a Sequential
+    m = DropoutBeforeHead()
+    m.classifier[0] = torch.nn.Identity()
+    assert cached_step_module(m) is m.classifier[1]             # only Dropout layers are put in front

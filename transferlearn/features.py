@@ -27,7 +27,7 @@ from .loaders import index_batches, loader_generators, rebuild_loader, sampler_s
 from .transforms import ImagePreprocess
 
 __all__ = ["extract_features", "is_deterministic", "FeatureCache", "NotCacheable", "build_cache", "build_val_cache",
-           "extract_quietly", "warmup_caches"]
+           "cached_step_module", "extract_quietly", "warmup_caches"]
 
 _EXTRACT_BATCH = 64  # batch size of the extraction pass for a loader that has none (a batch_sampler)
 
@@ -111,9 +111,9 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
     The model runs in eval mode under ``torch.inference_mode()`` (its previous modes are
     restored afterwards); a forward pre-hook on the head captures the head's input, so this
     works on any architecture. Layers between the backbone and the head (e.g. MobileNet's
-    ``Dropout`` in ``classifier.0``) act as in eval mode, i.e. not at all for Dropout; put
-    dropout inside the head with ``replace_head(dropout=p)`` if you want it while training
-    on features.
+    ``Dropout`` in ``classifier.0``) act as in eval mode, i.e. not at all for Dropout (the
+    Trainer's cached epochs put such a Dropout back in front of the head:
+    ``cached_step_module``).
 
     Args:
         model: the network (typically with a frozen backbone).
@@ -202,6 +202,27 @@ class FeatureCache:
                 raise ValueError("the train_loader's sampler yielded an index whose features were not "
                                  "cached (its `indices` changed after fit started?)")
             yield self.features[rows], self.targets[rows]
+
+
+def cached_step_module(model: nn.Module, head: str | None = None) -> nn.Module:
+    """What a training step on cached features runs: the head, preceded by the ``Dropout``
+    layers that sit right before it in the same ``nn.Sequential`` (MobileNet's and
+    EfficientNet's ``classifier.0``, VGG's last dropout). Those run after the point where
+    features are captured and have no parameters, so in train mode they drop features as
+    they would without the cache; in eval mode they pass them through, as in the extraction."""
+    name, module = find_head(model, head=head)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not isinstance(parent, nn.Sequential) or parent is model:
+        return module
+    children = list(parent.named_children())
+    position = [n for n, _ in children].index(child)
+    before: list[nn.Module] = []
+    for _, layer in reversed(children[:position]):
+        if not isinstance(layer, nn.modules.dropout._DropoutNd):
+            break
+        before.insert(0, layer)
+    return nn.Sequential(*before, module) if before else module
 
 
 def extract_quietly(model: nn.Module, loader: Any, **kwargs: Any) -> TensorDataset:

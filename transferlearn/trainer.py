@@ -25,7 +25,7 @@ from ._runtime import Precision, Progress, memory_layout, pick_device, use_chann
 from .batches import split_batch
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .features import FeatureCache, warmup_caches
+from .features import FeatureCache, cached_step_module, warmup_caches
 from .freezing import set_phase
 from .heads import find_head
 from .history import History
@@ -85,7 +85,7 @@ class Trainer:
         self.device = self.dist.setup(pick_device(device))
         self.model = model.to(self.device)
         self._forward: nn.Module = self.model  # the model, or its DDP wrapper under torchrun
-        self._running: nn.Module = self.model  # what a training step runs: the model, or the head alone when cached
+        self._running: nn.Module = self.model  # what a step runs: the model, or (cached) the head and its Dropout
         self._trainable: list[tuple[str, torch.Tensor]] = []  # set per phase: what the optimizer moves
         self.precision = Precision(amp, self.device)
         self.channels_last = use_channels_last(channels_last, self.device, self.model)
@@ -242,7 +242,7 @@ class Trainer:
             best.new_phase()
         set_phase(self.model, phase, last=cfg["unfreeze"], freeze_bn=cfg["freeze_bn"], head=self.head)
         # DDP syncs what is trainable when it is built: the head alone on cached features
-        self._running = self._head_module() if cached else self.model
+        self._running = cached_step_module(self.model, self.head) if cached else self.model
         self._trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self._forward = self.dist.wrap(self._running, self.device)
         if self.compile and not cached:
