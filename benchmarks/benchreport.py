@@ -85,7 +85,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"`{report['command']}` ({report['when']}; {report['machine']['cpu']}, "
              f"{report['machine']['cpus']} cpus, torch {report['machine']['torch']}, "
              f"device {report['machine']['device']})", "",
-             "| part | case | seconds | x textbook | x floor | test acc | peak RSS MB (+growth) | target / note |",
+             "| part | case | seconds | x textbook | x floor | test acc (seeds) | peak RSS MB (+growth) | target / note |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in report["rows"]:
         if not r["runs"]:
@@ -98,8 +98,12 @@ def markdown(report: dict[str, Any]) -> str:
         speedup = _num(r["speedup"], ".2f")
         if len(r.get("speedup_per_repeat", [])) > 1 and r["role"] != "textbook":
             speedup += f" ({min(r['speedup_per_repeat']):.2f}-{max(r['speedup_per_repeat']):.2f})"
+        accuracy = _num(r["accuracy"], ".3f")
+        accs = [x["accuracy"] for x in r["runs"] if x.get("accuracy") is not None]
+        if len(accs) > 1:  # one seed per repeat: the spread over seeds
+            accuracy += f" ({min(accs):.3f}-{max(accs):.3f})"
         lines.append(f"| {r['part']} | {r['case']} | {r['seconds']:.2f} | {speedup} | "
-                     f"{_num(r['x_floor'], '.2f')} | {_num(r['accuracy'], '.3f')} | {mem} | {note} |")
+                     f"{_num(r['x_floor'], '.2f')} | {accuracy} | {mem} | {note} |")
     if report.get("scaling"):
         lines += ["", "Scaling (feature extraction; seconds):", "",
                   "| side | epochs | images | seconds |", "| --- | ---: | ---: | ---: |"]

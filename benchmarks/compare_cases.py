@@ -40,6 +40,7 @@ class Bench:
     photos: Path | None
     tmp: Path
     cache: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # of this repeat: both sides' head init, shuffling and Dropout
 
     @property
     def weights(self) -> str | None:
@@ -47,15 +48,15 @@ class Bench:
 
     def loader(self, data: Dataset, shuffle: bool = True) -> DataLoader:
         return DataLoader(data, batch_size=self.args.batch, shuffle=shuffle,
-                          generator=torch.Generator().manual_seed(0) if shuffle else None)
+                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def library_model(self, num_classes: int | None = None) -> torch.nn.Module:
-        torch.manual_seed(0)
+        torch.manual_seed(self.seed)
         model = tl.load_model("mobilenet_v2", weights=self.weights, num_classes=num_classes or self.classes)
         return model.to(memory_format=torch.channels_last) if self.settings.channels_last else model
 
     def trainer(self, model: torch.nn.Module, **options: Any) -> tl.Trainer:
-        return tl.Trainer(model, device=self.settings.device, progress=False, seed=0,
+        return tl.Trainer(model, device=self.settings.device, progress=False, seed=self.seed,
                           amp="bf16" if self.settings.amp else False, **options)
 
     def score(self, model: torch.nn.Module, data: Dataset | None = None) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def transform(size: int, photos: bool = False) -> T.Compose:
 
 # ------------------------------------------------------------------- (a) feature extraction
 def a_textbook(b: Bench):
-    model = tb.chapter_model(b.classes, b.weights, b.settings)
+    model = tb.chapter_model(b.classes, b.weights, b.settings, b.seed)
     return (lambda: tb.feature_extraction(model, b.loader(b.train), b.settings, epochs=5)), b.score
 
 
@@ -111,7 +112,7 @@ def a_probe(b: Bench):
 
 # ------------------------------------------------------------------------ (b) fine-tuning
 def b_textbook(b: Bench):
-    model = tb.chapter_model(b.classes, b.weights, b.settings)
+    model = tb.chapter_model(b.classes, b.weights, b.settings, b.seed)
     return (lambda: tb.fine_tuning(model, b.loader(b.train), b.settings, warmup=2, finetune=3)), b.score
 
 
@@ -211,7 +212,7 @@ def e_textbook(b: Bench):
 
     def run() -> Any:
         train, val, n = _photo_sets(b)
-        holder.update(val=val, model=tb.chapter_model(n, b.weights, b.settings))
+        holder.update(val=val, model=tb.chapter_model(n, b.weights, b.settings, b.seed))
         return tb.fine_tuning(holder["model"], b.loader(train), b.settings, warmup=2, finetune=3)
     return run, lambda _: b.score(holder["model"], holder["val"])
 
@@ -223,7 +224,7 @@ def e_library(b: Bench):
 
     def run() -> Any:
         data = tl.load_image_folder(b.photos, size=b.args.photo_size)
-        train_loader, _ = data.loaders(batch_size=b.args.batch, generator=torch.Generator().manual_seed(0))
+        train_loader, _ = data.loaders(batch_size=b.args.batch, generator=torch.Generator().manual_seed(b.seed))
         model = b.library_model(len(data.classes))
         holder.update(val=data.val, model=model)
         return b.trainer(model).fit(train_loader, warmup_epochs=2, finetune_epochs=3, backbone_lr=1e-4)
@@ -259,7 +260,7 @@ CASES: list[tuple[str, str, str, Case]] = [
 
 def a_textbook_n(b: Bench, data: Dataset, epochs: int) -> Callable[[], Any]:
     """The chapter's feature-extraction loop on ``data`` for ``epochs`` (for the scaling grid)."""
-    model = tb.chapter_model(b.classes, b.weights, b.settings)
+    model = tb.chapter_model(b.classes, b.weights, b.settings, b.seed)
     return lambda: tb.feature_extraction(model, b.loader(data), b.settings, epochs=epochs)
 
 

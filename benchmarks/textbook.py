@@ -43,10 +43,11 @@ class Settings:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def chapter_model(num_classes: int, weights: str | None, settings: Settings) -> nn.Module:
+def chapter_model(num_classes: int, weights: str | None, settings: Settings, seed: int = 0) -> nn.Module:
     """Pretrained MobileNetV2 with a new ``num_classes`` head, as the chapter builds it
-    (the global RNG seeded first, so the new head starts the same in every repeat)."""
-    torch.manual_seed(0)
+    (the global RNG seeded with ``seed`` first: the new head's init and the loop's Dropout
+    masks follow from it)."""
+    torch.manual_seed(seed)
     model = torchvision.models.get_model("mobilenet_v2", weights=weights)
     model.classifier[1] = nn.Linear(model.last_channel, num_classes)
     return settings.model(model)
