@@ -6,6 +6,7 @@
     python benchmarks/levers.py workers                              # DataLoader on real JPEGs
     python benchmarks/levers.py head                                 # converged head on features
     python benchmarks/levers.py profile [--size 64]                  # where a fine-tune epoch goes
+    python benchmarks/levers.py profile_head [--size 64]             # where default feature extraction goes
     python benchmarks/levers.py predict [--size 64]                  # saved classifier vs raw forward
     python benchmarks/levers.py all
     python benchmarks/levers.py report                               # the saved results as Markdown
@@ -34,7 +35,7 @@ from torch import nn
 import transferlearn as tl
 
 __all__ = ["lever_channels_last", "lever_compile", "lever_backward", "lever_workers", "lever_head",
-           "lever_profile", "report"]
+           "lever_profile", "lever_profile_head", "report"]
 
 RESULTS = ROOT / "benchmarks" / "results"
 CPU = torch.device("cpu")
@@ -181,41 +182,87 @@ def lever_backward(size: int, rounds: int, lasts: list[int]) -> list[dict[str, A
 
 
 # ------------------------------------------------------------------------------ profile
+def _profiled(fit: Callable[[], Any], name: str, header: str, out: Path) -> dict[str, Any]:
+    """``fit()`` once under torch.profiler: its seconds, the operator table (written to
+    ``out/name``) and the operators with the largest self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        began = time.perf_counter()
+        fit()
+        seconds = time.perf_counter() - began
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    (out / name).write_text(f"{header}, {torch.get_num_threads()} threads: {seconds:.2f}s\n{table}\n")
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
+    return {"seconds": seconds, "file": name,
+            "top_ops": [{"op": e.key, "self_share": e.self_cpu_time_total / total} for e in top]}
+
+
+def _images(images: int, size: int) -> Any:
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(images, 3, size, size, generator=g), torch.randint(0, 10, (images,), generator=g))
+
+
 def lever_profile(size: int, images: int, out: Path) -> list[dict[str, Any]]:
     """torch.profiler over one fine-tuning epoch of ``Trainer.fit`` (contiguous and
     channels_last): where the time of the part the feature cache cannot remove goes."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
 
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(images, 3, size, size, generator=g), torch.randint(0, 10, (images,), generator=g))
+    data = _images(images, size)
     rows = []
     for cl in (False, True):
-        model = _model(channels_last=cl)
-        trainer = tl.Trainer(model, progress=False, seed=0)
-        trainer.fit(DataLoader(data, batch_size=32), warmup_epochs=0, finetune_epochs=1)  # warm
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            began = time.perf_counter()
-            trainer.fit(DataLoader(data, batch_size=32), warmup_epochs=0, finetune_epochs=1)
-            seconds = time.perf_counter() - began
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-        name = f"profile_finetune_{size}px_{'channels_last' if cl else 'contiguous'}.txt"
-        (out / name).write_text(f"Trainer.fit(warmup_epochs=0, finetune_epochs=1), {images} images at {size}px, "
-                                f"batch 32, {torch.get_num_threads()} threads: {seconds:.2f}s\n{table}\n")
-        total = sum(e.self_cpu_time_total for e in prof.key_averages())
-        top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
-        rows.append({"size": size, "channels_last": cl, "seconds": seconds, "file": name,
-                     "top_ops": [{"op": e.key, "self_share": e.self_cpu_time_total / total} for e in top]})
-        print(f"  {size}px {'channels_last' if cl else 'contiguous'}: {seconds:.2f}s; " + ", ".join(
-            f"{t['op']} {t['self_share']:.0%}" for t in rows[-1]["top_ops"][:5]), flush=True)
+        trainer = tl.Trainer(_model(channels_last=cl), progress=False, seed=0)
+        fit = lambda: trainer.fit(DataLoader(data, batch_size=32), warmup_epochs=0, finetune_epochs=1)  # noqa: E731
+        fit()  # warm
+        layout = "channels_last" if cl else "contiguous"
+        row = _profiled(fit, f"profile_finetune_{size}px_{layout}.txt",
+                        f"Trainer.fit(warmup_epochs=0, finetune_epochs=1), {images} images at {size}px, batch 32", out)
+        rows.append({"size": size, "channels_last": cl, **row})
+        print(f"  {size}px {layout}: {row['seconds']:.2f}s; " + ", ".join(
+            f"{t['op']} {t['self_share']:.0%}" for t in row["top_ops"][:5]), flush=True)
     return rows
+
+
+def lever_profile_head(size: int, images: int, out: Path) -> list[dict[str, Any]]:
+    """Where the default feature extraction's time goes: ``fit(strategy=recommend_strategy(29))``
+    (200 cached head epochs) under torch.profiler, and the same fit with 1 epoch (the
+    backbone pass that builds the cache, plus one epoch) timed beside it."""
+    from torch.utils.data import DataLoader
+
+    data = _images(images, size)
+    strategy = tl.recommend_strategy(29)
+    loader = DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    def fit(epochs: int) -> Callable[[], Any]:
+        return lambda: tl.Trainer(_model(), progress=False, seed=0).fit(loader, strategy=strategy,
+                                                                         warmup_epochs=epochs)
+    fit(1)()  # warm
+    one = median([_seconds(fit(1)) for _ in range(3)])
+    row = _profiled(fit(strategy.warmup_epochs), f"profile_feature_extraction_{size}px.txt",
+                    f"Trainer.fit(strategy=recommend_strategy(29)) ({strategy.warmup_epochs} cached head epochs), "
+                    f"{images} images at {size}px, batch 32", out)
+    steps = (strategy.warmup_epochs - 1) * len(loader)
+    row.update(size=size, images=images, epochs=strategy.warmup_epochs, one_epoch_seconds=one,
+               ms_per_cached_step=(row["seconds"] - one) / steps * 1e3)
+    print(f"  {size}px: {row['seconds']:.2f}s ({one:.2f}s with 1 epoch; {row['ms_per_cached_step']:.3f} ms per "
+          "cached step); " + ", ".join(f"{t['op']} {t['self_share']:.0%}" for t in row["top_ops"][:5]), flush=True)
+    return [row]
+
+
+def _seconds(run: Callable[[], Any]) -> float:
+    began = time.perf_counter()
+    run()
+    return time.perf_counter() - began
 
 
 # --------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lever", choices=["channels_last", "compile", "backward", "workers", "head", "profile",
-                                          "predict", "all", "report"])
+                                          "profile_head", "predict", "all", "report"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
@@ -249,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
             result = [lever_predict(args.size or 64, 256, args.rounds, args.out)]
         elif lever == "profile":
             result = lever_profile(args.size or 64, 128, args.out)
+        elif lever == "profile_head":
+            result = lever_profile_head(args.size or 64, 600, args.out)
         elif lever == "workers":
             result = lever_workers(args.size or 128, [(0, False), (1, False), (2, False), (2, True)], 2, save=save)
         else:
