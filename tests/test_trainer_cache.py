@@ -198,7 +198,8 @@ def test_compile_is_opt_in_and_wraps_only_the_uncached_forward(monkeypatch):
 
 class DropoutBeforeHead(torch.nn.Module):
     """MobileNet's / EfficientNet's layout: ``classifier = Sequential(Dropout, Linear)``, or
-    VGG's (``Linear, ReLU, Dropout, Linear``) with ``vgg=True``; the head is the last Linear."""
+    the tail of VGG's classifier (``Linear, ReLU, Dropout, Linear``) with ``vgg=True``; the
+    head is the last Linear."""
 
     def __init__(self, vgg: bool = False) -> None:
         super().__init__()
@@ -213,24 +214,75 @@ class DropoutBeforeHead(torch.nn.Module):
         return self.classifier(self.features(x))
 
 
-@pytest.mark.parametrize("vgg", [False, True])
-def test_a_dropout_before_the_head_drops_cached_features_as_it_would_uncached(vgg):
-    def train(cache):
-        m = DropoutBeforeHead(vgg)
-        history = Trainer(m, progress=False, seed=0).fit(
-            DataLoader(separable(64), batch_size=16, shuffle=True), DataLoader(separable(48, 5), batch_size=16),
-            warmup_epochs=3, finetune_epochs=0, cache_features=cache)
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in history], m.state_dict()
+def _trunk() -> torch.nn.Sequential:
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
 
-    cached, cached_state = train(True)
-    plain, plain_state = train(False)
+
+def _sequential_layouts():
+    nn = torch.nn
+    drop = nn.Dropout(0.5)
+    return {
+        "mobilenet": lambda: DropoutBeforeHead(),
+        "vgg tail": lambda: DropoutBeforeHead(vgg=True),
+        "the model is a Sequential": lambda: nn.Sequential(_trunk(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, 3)),
+        "dropout before a Flatten": lambda: nn.Sequential(_trunk(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(8, 3)),
+        "nested Sequentials": lambda: nn.Sequential(_trunk(), nn.Flatten(), nn.Sequential(nn.Dropout(0.5)),
+                                                    nn.Sequential(nn.Linear(8, 3))),
+        "one Dropout registered twice": lambda: nn.Sequential(_trunk(), nn.Flatten(), drop, drop, nn.Linear(8, 3)),
+    }
+
+
+def _fit(m, cache, loader=None):
+    loader = loader or DataLoader(separable(64), batch_size=16, shuffle=True)
+    history = Trainer(m, progress=False, seed=0).fit(loader, DataLoader(separable(48, 5), batch_size=16),
+                                                     warmup_epochs=3, finetune_epochs=0, cache_features=cache)
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history], m.state_dict()
+
+
+@pytest.mark.parametrize("layout", list(_sequential_layouts()))
+def test_a_dropout_before_the_head_drops_cached_features_as_it_would_uncached(layout):
+    torch.manual_seed(0)
+    cached, cached_state = _fit(_sequential_layouts()[layout](), True)
+    torch.manual_seed(0)
+    plain, plain_state = _fit(_sequential_layouts()[layout](), False)
     assert cached == plain                                      # same losses, so the same dropout masks
     assert all(torch.equal(cached_state[k], plain_state[k]) for k in plain_state)
-    assert cached_step_module(DropoutBeforeHead(vgg))[0].p == 0.5  # Dropout + head, not the head alone
 
 
-def test_the_cached_step_module_is_the_head_when_nothing_drops_before_it(tiny):
-    assert cached_step_module(tiny) is tiny.fc                  # the head is not in a Sequential
+def test_the_cached_step_module_runs_only_what_lies_between_features_and_head(tiny):
+    nn = torch.nn
+    assert cached_step_module(tiny) is tiny.fc                  # nothing drops before the head
     m = DropoutBeforeHead()
-    m.classifier[0] = torch.nn.Identity()
-    assert cached_step_module(m) is m.classifier[1]             # only Dropout layers are put in front
+    assert [type(x) for x in cached_step_module(m)] == [nn.Dropout, nn.Linear]
+    m.classifier[0] = nn.Identity()
+    assert cached_step_module(m) is m.classifier[1]             # no Dropout: the head alone
+    channelwise = nn.Sequential(_trunk(), nn.Dropout2d(0.5), nn.Flatten(), nn.Linear(8, 3))
+    assert cached_step_module(channelwise) is channelwise[3]    # its mask would differ on flat features
+    vgg = DropoutBeforeHead(vgg=True)
+    assert [type(x) for x in cached_step_module(vgg)] == [nn.Dropout, nn.Linear]  # not the Linear before it
+
+
+class _Indices(torch.utils.data.Sampler):
+    """Yields the indices given (no ``indices`` attribute: it declares no support)."""
+
+    def __init__(self, order):
+        self.order = order
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self):
+        return len(self.order)
+
+
+def test_cached_epochs_read_negative_indices_as_the_dataset_does():
+    def loader(indices):
+        return DataLoader(separable(64), batch_size=16, sampler=_Indices(indices))
+    indices = list(range(-1, -61, -1))
+    cached, cached_state = _fit(model(), True, loader(indices))
+    plain, plain_state = _fit(model(), False, loader(indices))
+    assert cached == plain
+    assert all(torch.equal(cached_state[k], plain_state[k]) for k in plain_state)
+    with pytest.raises(IndexError, match="sampler yielded index 64, but its dataset has 64 items"):
+        _fit(model(), True, loader([0, 64]))

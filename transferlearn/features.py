@@ -193,36 +193,84 @@ class FeatureCache:
         stream = index_batches(loader, draw_seed=not (persistent and self._passes > 0))
         self._passes += 1
         for indices in stream:
-            rows = torch.as_tensor(indices, dtype=torch.long)
-            if self._identity:  # index_select checks the bounds
-                yield self.features.index_select(0, rows), self.targets.index_select(0, rows)
-                continue
-            rows = self.rows[rows]
-            if bool((rows < 0).any()):
-                raise ValueError("the train_loader's sampler yielded an index whose features were not "
-                                 "cached (its `indices` changed after fit started?)")
-            yield self.features[rows], self.targets[rows]
+            rows = self._rows(torch.as_tensor(indices, dtype=torch.long))
+            yield self.features.index_select(0, rows), self.targets.index_select(0, rows)
+
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Cache rows of dataset indices; negative indices count from the end, as
+        ``dataset[i]`` does for the uncached loader."""
+        n = len(self.rows)
+        if index.numel():
+            low, high = (int(v) for v in torch.aminmax(index))
+            if low < -n or high >= n:
+                bad = low if low < -n else high
+                raise IndexError(f"the loader's sampler yielded index {bad}, but its dataset has {n} items "
+                                 f"(valid indices: {-n} to {n - 1})")
+            if low < 0:
+                index = index.remainder(n)
+        if self._identity:
+            return index
+        rows = self.rows.index_select(0, index)
+        if bool((rows < 0).any()):
+            raise ValueError("the train_loader's sampler yielded an index whose features were not "
+                             "cached (its `indices` changed after fit started?)")
+        return rows
+
+
+_ELEMENTWISE_DROPOUT = (nn.Dropout, nn.AlphaDropout)
+
+
+def _passes_over(layer: nn.Module, flattened: bool) -> tuple[bool, bool]:
+    """Whether a layer between the capture point and the head can run on cached features
+    (any Dropout; after a Flatten only an element-wise one, whose mask does not depend on
+    the shape; a Flatten of all but the batch dimension; an Identity; a Sequential of such
+    layers), and whether a Flatten has been passed once it has."""
+    if isinstance(layer, nn.Sequential):
+        for inner in reversed(list(layer._modules.values())):
+            ok, flattened = _passes_over(inner, flattened)
+            if not ok:
+                return False, flattened
+        return True, flattened
+    if isinstance(layer, nn.Flatten):
+        return layer.start_dim == 1 and layer.end_dim == -1, True
+    if isinstance(layer, nn.Identity):
+        return True, flattened
+    if flattened:
+        return type(layer) in _ELEMENTWISE_DROPOUT, flattened
+    return isinstance(layer, nn.modules.dropout._DropoutNd), flattened
 
 
 def cached_step_module(model: nn.Module, head: str | None = None) -> nn.Module:
     """What a training step on cached features runs: the head, preceded by the ``Dropout``
-    layers that sit right before it in the same ``nn.Sequential`` (MobileNet's and
-    EfficientNet's ``classifier.0``, VGG's last dropout). Those run after the point where
-    features are captured and have no parameters, so in train mode they drop features as
-    they would without the cache; in eval mode they pass them through, as in the extraction."""
+    layers that run just before it (MobileNet's and EfficientNet's ``classifier.0``, VGG's
+    last dropout, ``nn.Sequential(..., nn.Dropout(p), nn.Linear(...))``), found through
+    nested ``nn.Sequential`` containers and past ``Flatten``/``Identity``.
+
+    Those layers run after the point where features are captured (the head's input) and have
+    no parameters, so in train mode they drop features as they would without the cache; in
+    eval mode they pass them through, as in the extraction. A dropout applied in a model's
+    ``forward`` code, or held as an attribute outside a Sequential (timm's ``head_drop``),
+    cannot be found: such a model trains its cached epochs without it."""
     name, module = find_head(model, head=head)
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if not isinstance(parent, nn.Sequential) or parent is model:
-        return module
-    children = list(parent.named_children())
-    position = [n for n, _ in children].index(child)
     before: list[nn.Module] = []
-    for _, layer in reversed(children[:position]):
-        if not isinstance(layer, nn.modules.dropout._DropoutNd):
+    flattened = False
+    while name:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if not isinstance(parent, nn.Sequential):
             break
-        before.insert(0, layer)
-    return nn.Sequential(*before, module) if before else module
+        names = list(parent._modules)  # not named_children(): a layer registered twice runs twice
+        preceding = [parent._modules[n] for n in names[:names.index(child)]]
+        while preceding:
+            ok, flattened = _passes_over(preceding[-1], flattened)
+            if not ok:
+                break
+            before.insert(0, preceding.pop())
+        if preceding:  # something else runs before: the capture point is inside this container
+            break
+        name = parent_name
+    drops = any(isinstance(m, nn.modules.dropout._DropoutNd) for layer in before for m in layer.modules())
+    return nn.Sequential(*before, module) if drops else module
 
 
 def extract_quietly(model: nn.Module, loader: Any, **kwargs: Any) -> TensorDataset:
