@@ -85,7 +85,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"`{report['command']}` ({report['when']}; {report['machine']['cpu']}, "
              f"{report['machine']['cpus']} cpus, torch {report['machine']['torch']}, "
              f"device {report['machine']['device']})", "",
-             "| part | case | seconds | x textbook | x floor | test acc (seeds) | peak RSS MB (+growth) | target / note |",
+             "| part | case | seconds | x textbook | x floor | test acc (seeds) | peak RSS MB (+growth) "
+             "| target / note |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in report["rows"]:
         if not r["runs"]:

@@ -215,7 +215,9 @@ def lever_profile(size: int, images: int, out: Path) -> list[dict[str, Any]]:
     rows = []
     for cl in (False, True):
         trainer = tl.Trainer(_model(channels_last=cl), progress=False, seed=0)
-        fit = lambda: trainer.fit(DataLoader(data, batch_size=32), warmup_epochs=0, finetune_epochs=1)  # noqa: E731
+
+        def fit(trainer: tl.Trainer = trainer) -> Any:
+            return trainer.fit(DataLoader(data, batch_size=32), warmup_epochs=0, finetune_epochs=1)
         fit()  # warm
         layout = "channels_last" if cl else "contiguous"
         row = _profiled(fit, f"profile_finetune_{size}px_{layout}.txt",

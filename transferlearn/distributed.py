@@ -14,6 +14,7 @@ prints and writes checkpoints.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -45,6 +46,12 @@ def _is_default_order(sampler: Any, dataset: Any) -> bool:
         return sampler.data_source is dataset
     return (type(sampler) is RandomSampler and sampler.data_source is dataset and not sampler.replacement
             and sampler._num_samples is None)
+
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class StrideSampler(Sampler):
@@ -96,6 +103,9 @@ class Distributed:
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # we started it, so we end it: a gloo group left to interpreter teardown can abort
+            # the process ("terminate called without an active exception") after a good run
+            atexit.register(_destroy_process_group)
         return device
 
     def shard_train(self, loader: Any, seed: int | None) -> Any:
