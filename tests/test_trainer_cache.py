@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from transferlearn import Trainer
-from transferlearn.features import cached_step_module
+from transferlearn.feature_cache import cached_step_module
 
 from .test_trainer import Augmented, count_backbone_runs, model, separable
 

@@ -25,7 +25,7 @@ from ._runtime import Precision, Progress, memory_layout, pick_device, use_chann
 from .batches import split_batch
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .features import FeatureCache, cached_step_module, warmup_caches
+from .feature_cache import FeatureCache, cached_step_module, warmup_caches
 from .freezing import set_phase
 from .heads import find_head
 from .history import History
