@@ -230,6 +230,8 @@ def _sequential_layouts():
         "nested Sequentials": lambda: nn.Sequential(_trunk(), nn.Flatten(), nn.Sequential(nn.Dropout(0.5)),
                                                     nn.Sequential(nn.Linear(8, 3))),
         "one Dropout registered twice": lambda: nn.Sequential(_trunk(), nn.Flatten(), drop, drop, nn.Linear(8, 3)),
+        "a Dropout at the end of a nested block": lambda: nn.Sequential(
+            _trunk(), nn.Sequential(nn.Flatten(), nn.Linear(8, 8), nn.Dropout(0.5)), nn.Linear(8, 3)),
     }
 
 

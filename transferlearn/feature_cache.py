@@ -71,17 +71,20 @@ class FeatureCache:
 _ELEMENTWISE_DROPOUT = (nn.Dropout, nn.AlphaDropout)
 
 
+def _leaves(modules: Any) -> Iterator[nn.Module]:
+    """The layers of ``modules`` in the order they run, nested ``nn.Sequential``s opened."""
+    for module in modules:
+        if isinstance(module, nn.Sequential):
+            yield from _leaves(module._modules.values())  # not children(): a layer registered twice runs twice
+        else:
+            yield module
+
+
 def _passes_over(layer: nn.Module, flattened: bool) -> tuple[bool, bool]:
     """Whether a layer between the capture point and the head can run on cached features
     (any Dropout; after a Flatten only an element-wise one, whose mask does not depend on
-    the shape; a Flatten of all but the batch dimension; an Identity; a Sequential of such
-    layers), and whether a Flatten has been passed once it has."""
-    if isinstance(layer, nn.Sequential):
-        for inner in reversed(list(layer._modules.values())):
-            ok, flattened = _passes_over(inner, flattened)
-            if not ok:
-                return False, flattened
-        return True, flattened
+    the shape; a Flatten of all but the batch dimension; an Identity), and whether a
+    Flatten has been passed once it has."""
     if isinstance(layer, nn.Flatten):
         return layer.start_dim == 1 and layer.end_dim == -1, True
     if isinstance(layer, nn.Identity):
@@ -110,8 +113,8 @@ def cached_step_module(model: nn.Module, head: str | None = None) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         if not isinstance(parent, nn.Sequential):
             break
-        names = list(parent._modules)  # not named_children(): a layer registered twice runs twice
-        preceding = [parent._modules[n] for n in names[:names.index(child)]]
+        names = list(parent._modules)
+        preceding = list(_leaves(parent._modules[n] for n in names[:names.index(child)]))
         while preceding:
             ok, flattened = _passes_over(preceding[-1], flattened)
             if not ok:
@@ -120,7 +123,7 @@ def cached_step_module(model: nn.Module, head: str | None = None) -> nn.Module:
         if preceding:  # something else runs before: the capture point is inside this container
             break
         name = parent_name
-    drops = any(isinstance(m, nn.modules.dropout._DropoutNd) for layer in before for m in layer.modules())
+    drops = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in before)
     return nn.Sequential(*before, module) if drops else module
 
 
