@@ -77,10 +77,11 @@ def few_per_class(per_class: int) -> None:
             probes.append(probe.score(fte.numpy(), yte.numpy()))
             for epochs in counts:
                 gaps[epochs].append(probes[-1] - head_accuracy(ftr, ytr, fte, yte, classes, 1e-3, epochs, split))
-        print(f"{name} {size}px, {len(ytr)} training images ({len(ytr) // 32 + 1} batches), "
+        batches = -(-len(ytr) // 32)  # per epoch at batch 32
+        print(f"{name} {size}px, {len(ytr)} training images ({batches} batches), "
               f"probe {np.mean(probes):.4f}", flush=True)
         for epochs in counts:
-            print(f"  {epochs:4d} epochs ({epochs * (len(ytr) // 32 + 1):5d} steps): probe - head "
+            print(f"  {epochs:4d} epochs ({epochs * batches:5d} steps): probe - head "
                   f"{np.mean(gaps[epochs]):+.4f} +- {np.std(gaps[epochs]):.4f}", flush=True)
 
 

@@ -188,9 +188,7 @@ def _profiled(fit: Callable[[], Any], name: str, header: str, out: Path) -> dict
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        began = time.perf_counter()
-        fit()
-        seconds = time.perf_counter() - began
+        seconds = _seconds(fit)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     (out / name).write_text(f"{header}, {torch.get_num_threads()} threads: {seconds:.2f}s\n{table}\n")
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
