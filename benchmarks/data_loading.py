@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 import transferlearn as tl
-from transferlearn.imagefiles import prepare_file
+from transferlearn.data.imagefiles import prepare_file
 
 PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 

@@ -40,8 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from transferlearn._checks import check_float, check_int, describe
-from transferlearn._io import atomic_write
+from transferlearn.base import atomic_write, check_float, check_int, describe
 
 __all__ = ["DEFAULT_ROOT", "Decoded", "chess", "decoded", "digits", "elpv", "elpv_types"]
 

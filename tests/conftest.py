@@ -43,7 +43,7 @@ def tiny() -> TinyNet:
 def pretrained_available() -> bool:
     from torchvision.models import MobileNet_V2_Weights
 
-    from transferlearn.models import checkpoint_path
+    from transferlearn.model.load import checkpoint_path
     return checkpoint_path(MobileNet_V2_Weights.IMAGENET1K_V1).is_file()
 
 

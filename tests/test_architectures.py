@@ -12,7 +12,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from transferlearn import find_head, freeze_backbone, layer_groups, replace_head
-from transferlearn.freezing import head_parameters
+from transferlearn.model.freezing import head_parameters
 
 ALL = tvm.list_models(module=tvm)
 FAMILY_SAMPLE = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet",

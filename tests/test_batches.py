@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from transferlearn import Trainer, extract_features
-from transferlearn.batches import INPUT_KEYS, TARGET_KEYS, split_batch
-from transferlearn.evaluation import evaluate, predict
+from transferlearn.data.batches import INPUT_KEYS, TARGET_KEYS, split_batch
+from transferlearn.train.evaluation import evaluate, predict
 
 from .test_trainer import model, separable
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from transferlearn import History, Trainer
-from transferlearn.checkpoint import LAST, load_checkpoint, save_checkpoint
+from transferlearn.train.checkpoint import LAST, load_checkpoint, save_checkpoint
 
 from .test_trainer import model, separable
 

@@ -19,11 +19,11 @@ from PIL import Image
 from torch import nn
 from torchvision import models as tvm
 
-import transferlearn.classifier as classifier_module
+import transferlearn.ship.classifier as classifier_module
 from transferlearn import freeze_bn_running_stats, imagenet_transform, load_model, replace_head
-from transferlearn._classifier_format import ClassifierConfig
-from transferlearn._classifier_parts import cpu_tensors
-from transferlearn.classifier import Classifier, load_classifier, save_classifier
+from transferlearn.ship._parts import cpu_tensors
+from transferlearn.ship.classifier import Classifier, load_classifier, save_classifier
+from transferlearn.ship.format import ClassifierConfig
 
 from .conftest import TinyNet
 
@@ -382,7 +382,7 @@ def test_loads_and_predicts_in_a_fresh_offline_process(mobilenet_weights, tmp_pa
         def refuse(*a, **k):
             raise OSError("network is off in this test")
         socket.socket.connect = refuse
-        import transferlearn.classifier as c
+        import transferlearn.ship.classifier as c
         clf = c.load_classifier({str(tmp_path / 'clf')!r})
         print(json.dumps(clf.predict_proba([{str(tmp_path / 'cat.png')!r}])[0].tolist()))
     """)
@@ -397,7 +397,7 @@ def test_loads_and_predicts_in_a_fresh_offline_process(mobilenet_weights, tmp_pa
 
 def test_files_are_seen_exactly_as_load_image_folder_sees_them(saved, tmp_path):
     from transferlearn import load_image_folder
-    from transferlearn.images import load_image
+    from transferlearn.data.images import load_image
     model, directory = saved
     clf = load_classifier(directory)
     for c, name in enumerate(CLASSES):

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from transferlearn import imagenet_transform, load_model, recommend_strategy
-from transferlearn._cli_commands import _strategy
-from transferlearn.classifier import load_classifier, save_classifier
 from transferlearn.cli import main
+from transferlearn.cli.commands import _strategy
+from transferlearn.ship.classifier import load_classifier, save_classifier
 
 ROOT = Path(__file__).parents[1]
 PHOTOS = {"cat": "chelsea", "cup": "coffee", "rocket": "rocket"}
@@ -95,7 +95,7 @@ def test_fit_then_predict_evaluate_and_export_in_other_processes(photos, tmp_pat
     ort = pytest.importorskip("onnxruntime")
     clf = load_classifier(run)
     session = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
-    from transferlearn.images import load_image
+    from transferlearn.data.images import load_image
     batch = torch.stack([clf.transform(load_image(p, draft=(73, 73))) for p in new]).numpy()
     assert np.abs(session.run(None, {"input": batch})[0] - expected.numpy()).max() <= 1e-4
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from transferlearn.checkpoint import BEST, LAST, load_checkpoint
-from transferlearn.evaluation import evaluate
+from transferlearn.train.checkpoint import BEST, LAST, load_checkpoint
+from transferlearn.train.evaluation import evaluate
 
 from .test_trainer import model, separable
 

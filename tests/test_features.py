@@ -11,8 +11,8 @@ from torchvision.datasets import FakeData
 from torchvision.models import ResNet18_Weights
 
 from transferlearn import extract_features, imagenet_transform, replace_head
-from transferlearn.feature_cache import FeatureCache
-from transferlearn.features import is_deterministic
+from transferlearn.train.feature_cache import FeatureCache
+from transferlearn.train.features import is_deterministic
 
 from .conftest import TinyNet
 

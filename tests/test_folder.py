@@ -15,10 +15,10 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from transferlearn import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, imagenet_transform, load_image, load_image_folder
-from transferlearn import folder as folder_module
-from transferlearn.features import is_deterministic
-from transferlearn.folder import _split, split_counts
-from transferlearn.imagefiles import ImageCache, ImageFiles
+from transferlearn.data import folder as folder_module
+from transferlearn.data.folder import _split, split_counts
+from transferlearn.data.imagefiles import ImageCache, ImageFiles
+from transferlearn.train.features import is_deterministic
 
 SMALL = dict(size=32, resize=36)
 
@@ -427,7 +427,7 @@ def test_trainer_caches_features_on_the_default_train_split_and_fits(tmp_path):
     from torch import nn
 
     from transferlearn import Trainer
-    from transferlearn.settings import use_feature_cache
+    from transferlearn.train.settings import use_feature_cache
     make_folder(tmp_path, {"a": 5, "b": 5})
     data = load_image_folder(tmp_path, **SMALL)
     train, val = data.loaders(batch_size=4)

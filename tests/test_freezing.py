@@ -9,7 +9,7 @@ from hypothesis import given
 from torch import nn
 
 from transferlearn import freeze_backbone, layer_groups, unfreeze
-from transferlearn.freezing import head_parameters
+from transferlearn.model.freezing import head_parameters
 
 from .strategies import conv_stacks
 
@@ -90,7 +90,7 @@ def test_errors(tiny, call, exc, pattern):
 
 def test_set_phase_is_what_the_trainer_does_at_each_switch(tiny):
     from transferlearn import is_bn_frozen
-    from transferlearn.freezing import set_phase
+    from transferlearn.model.freezing import set_phase
     assert set_phase(tiny, "warmup") is tiny
     assert [n for n, p in tiny.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
     assert all(is_bn_frozen(m) for m in tiny.modules() if isinstance(m, nn.BatchNorm2d))

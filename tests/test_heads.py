@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from transferlearn import find_head, replace_head
-from transferlearn.heads import DropoutHead
+from transferlearn.model.heads import DropoutHead
 
 
 def test_find_head_falls_back_to_last_linear(tiny):

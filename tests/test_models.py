@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights
 
 from transferlearn import find_head, imagenet_transform, install_weights, load_model, replace_head
-from transferlearn.models import checkpoint_path
+from transferlearn.model.load import checkpoint_path
 
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
@@ -120,7 +120,7 @@ def test_timm_models_go_through_get_classifier():
 
 def test_timm_reset_classifier_keeps_dtype_and_takes_dropout():
     pytest.importorskip("timm")
-    from transferlearn.heads import DropoutHead
+    from transferlearn.model.heads import DropoutHead
     model = load_model("timm/resnet18", weights=None).double()
     replace_head(model, 4, dropout=0.25)
     assert isinstance(model.fc, DropoutHead) and model.fc[1].weight.dtype == torch.float64

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from transferlearn import imagenet_transform, load_model
-from transferlearn.classifier import Classifier
-from transferlearn.onnx_export import export_onnx
+from transferlearn.ship.classifier import Classifier
+from transferlearn.ship.onnx_export import export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler, TensorDataset
 
 from transferlearn import imagenet_transform
-from transferlearn.classifier import Classifier
-from transferlearn.report import ClassificationReport, classification_report
+from transferlearn.ship.classifier import Classifier
+from transferlearn.ship.report import ClassificationReport, classification_report
 
 from .conftest import TinyNet
 
@@ -177,7 +177,7 @@ def test_plots_never_touch_the_process_wide_backend(tmp_path):
         import torch
         from torch import nn
         from torch.utils.data import TensorDataset
-        from transferlearn.report import classification_report
+        from transferlearn.ship.report import classification_report
         data = TensorDataset(torch.eye(3), torch.tensor([1, 2, 0]))
         report = classification_report(nn.Identity(), data)
         report.plot_confusion_matrix({str(tmp_path / 'cm.png')!r})

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from transferlearn import Trainer
-from transferlearn.selection import BestEpoch
+from transferlearn.train.selection import BestEpoch
 
 from .test_trainer import model, separable
 

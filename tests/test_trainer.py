@@ -312,7 +312,7 @@ def test_loader_errors():
 
 
 def test_device_preference_is_cuda_then_mps_then_cpu(monkeypatch):
-    from transferlearn._runtime import pick_device
+    from transferlearn.train.runtime import pick_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device(None).type == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from transferlearn import Trainer
-from transferlearn.feature_cache import cached_step_module
+from transferlearn.train.feature_cache import cached_step_module
 
 from .test_trainer import Augmented, count_backbone_runs, model, separable
 
@@ -130,7 +130,7 @@ class TwiceHead(torch.nn.Module):
 
 def test_a_head_that_runs_twice_per_forward_is_not_cached():
     from transferlearn import extract_features
-    from transferlearn.features import NotCacheable
+    from transferlearn.train.features import NotCacheable
     (cached, _, _), (plain, _, _) = histories(TwiceHead)
     assert cached == plain
     with pytest.raises(NotCacheable, match="the head ran 2 times in one forward pass"):

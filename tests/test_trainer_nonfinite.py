@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferlearn import Trainer
-from transferlearn.checkpoint import LAST
+from transferlearn.train.checkpoint import LAST
 
 from .test_trainer import model, separable
 

@@ -21,8 +21,8 @@ from torch.utils.data import (
 )
 
 from transferlearn import Trainer
-from transferlearn.distributed import Distributed, StrideSampler
-from transferlearn.loaders import index_batches, not_cacheable, rebuild_loader, sampler_support
+from transferlearn.train.distributed import Distributed, StrideSampler
+from transferlearn.train.loaders import index_batches, not_cacheable, rebuild_loader, sampler_support
 
 from .conftest import TinyNet
 

@@ -4,24 +4,23 @@ Small composable functions (each changes a model in place and returns it) and a 
 ``Trainer`` built from them. See ``docs/`` for the guide.
 """
 
-from .batchnorm import freeze_bn_running_stats, is_bn_frozen, unfreeze_bn_running_stats
-from .classifier import Classifier, load_classifier, save_classifier
-from .features import extract_features
-from .folder import FolderData, load_image_folder
-from .freezing import freeze_backbone, unfreeze
-from .groups import layer_groups
-from .heads import find_head, replace_head
-from .history import History, plot_history
-from .images import ImageReadError, load_image
-from .models import install_weights, load_model
-from .onnx_export import export_onnx
-from .optim import param_groups
-from .report import ClassificationReport, classification_report
-from .strategy import Strategy, recommend_strategy
-from .trainer import Trainer
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
-
-__version__ = "0.1.0"
+from .base import __version__
+from .data.folder import FolderData, load_image_folder
+from .data.images import ImageReadError, load_image
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
+from .model.batchnorm import freeze_bn_running_stats, is_bn_frozen, unfreeze_bn_running_stats
+from .model.freezing import freeze_backbone, unfreeze
+from .model.groups import layer_groups
+from .model.heads import find_head, replace_head
+from .model.load import install_weights, load_model
+from .model.optim import param_groups
+from .ship.classifier import Classifier, load_classifier, save_classifier
+from .ship.onnx_export import export_onnx
+from .ship.report import ClassificationReport, classification_report
+from .train.features import extract_features
+from .train.history import History, plot_history
+from .train.strategy import Strategy, recommend_strategy
+from .train.trainer import Trainer
 
 __all__ = [
     "IMAGENET_MEAN",

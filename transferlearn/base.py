@@ -1,0 +1,161 @@
+"""The bottom layer: argument checks, atomic file writes, temporary eval mode, where a model runs.
+
+Every check's message names the argument, what it got and what is accepted, so a user can fix
+the call without reading our source. Everything above (model, data, train, ship, cli) imports
+from here; this module imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__: list[str] = []
+
+__version__ = "0.2.0"  # re-exported as transferlearn.__version__; read by pyproject.toml
+
+
+def describe(value: Any) -> str:
+    """A short, readable description of ``value`` for error messages."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def check_module(name: str, value: Any) -> nn.Module:
+    """Raise ``TypeError`` unless ``value`` is an ``nn.Module``."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {describe(value)}")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """Raise unless ``value`` is an ``int`` (not ``bool``) in ``[minimum, maximum]``."""
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int {bound}, got {describe(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an int {bound}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Raise ``TypeError`` unless ``value`` is exactly ``True`` or ``False`` (``0``/``1`` are not)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """Raise unless ``value`` is one of ``choices`` (bools and strings, matched by type too).
+
+    ``0``, ``1`` or ``None`` never stand in for ``False``/``True``: a value of another type
+    than the choices is a ``TypeError``; a bool or string that is not a choice a ``ValueError``.
+    """
+    names = [repr(c) for c in choices]
+    accepted = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    if not any(type(value) is type(c) and value == c for c in choices):
+        kinds = tuple({type(c) for c in choices})
+        error = ValueError if isinstance(value, kinds) else TypeError
+        raise error(f"{name} must be {accepted}, got {describe(value)}")
+    return value
+
+
+def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
+                maximum: float | None = None) -> float:
+    """Raise unless ``value`` is a finite real number in the accepted range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    low_ok = value > minimum if strict else value >= minimum
+    high_ok = maximum is None or value <= maximum
+    if not math.isfinite(value) or not low_ok or not high_ok:
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        if maximum is not None:
+            bound += f" and <= {maximum}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """A seed torch, numpy and ``random`` all accept: an int in ``[0, 2**32 - 1]``."""
+    return check_int(name, value, maximum=2**32 - 1)
+
+
+def check_head_name(value: Any) -> str | None:
+    """Validate the ``head=`` option shared by most functions."""
+    if value is not None and not (isinstance(value, str) and value):
+        raise TypeError(
+            f"head must be None or a non-empty dotted module name such as 'fc', got {describe(value)}"
+        )
+    return value
+
+
+def as_weights(value: Any, name: str = "weights") -> Any:
+    """A torchvision ``WeightsEnum`` member from itself or its full name ("ResNet50_Weights.IMAGENET1K_V2")."""
+    from torchvision.models import WeightsEnum, get_weight
+
+    if isinstance(value, str):
+        try:
+            return get_weight(value)
+        except (ValueError, KeyError, AttributeError):
+            raise ValueError(f"{name}={value!r} is not a torchvision weights name such as "
+                             "'ResNet50_Weights.IMAGENET1K_V2'") from None
+    if not isinstance(value, WeightsEnum):
+        raise TypeError(f"{name} must be a torchvision WeightsEnum member or its name, got {describe(value)}")
+    return value
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
+
+    An exception mid-write leaves whatever was at ``path`` intact, and no temporary file
+    behind; temporary files left by a process that was killed mid-write are removed by the next
+    write to the same path. The file gets the permissions of any new file (0o666 less the umask),
+    not the owner-only ones of ``tempfile.mkstemp``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    tmp = str(path.parent / f"{prefix}{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode; afterwards give every module back its own previous mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def run_device(model: nn.Module, device: object = None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter (cpu if none)."""
+    if device is not None:
+        return torch.device(device)
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -1,0 +1,151 @@
+"""What each ``transferlearn`` sub-command does; ``cli.py`` parses the arguments and reports errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..data.folder import load_image_folder
+from ..data.imagefiles import ImageFiles
+from ..model.heads import replace_head
+from ..model.load import install_weights, load_model
+from ..ship.classifier import load_classifier, save_classifier
+from ..ship.onnx_export import export_onnx
+from ..ship.report import ClassificationReport, classification_report
+from ..train.history import plot_history
+from ..train.strategy import Strategy, recommend_strategy
+from ..train.trainer import Trainer
+
+__all__ = ["STRATEGIES", "evaluate", "export", "fit", "install", "predict", "recommend"]
+
+STRATEGIES = ("auto", "feature_extraction", "fine_tune_last", "fine_tune_all")
+# The class sizes of each similar-domain row of the decision table (strategy.md).
+_ROWS = {"feature_extraction": (1, 29), "fine_tune_last": (1_001, 10_000), "fine_tune_all": (10_001, None)}
+
+
+def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
+    """The table's row for the smallest class (a named strategy: the data size brought into
+    that row's range, so settings that follow the size still do), epochs split across phases."""
+    low, high = _ROWS.get(name, (1, None))
+    size = max(low, smallest_class if high is None else min(high, smallest_class))
+    strategy = recommend_strategy(size)
+    if name != "auto" and strategy.kind != name:
+        raise RuntimeError(f"the decision table no longer gives {name!r} for {size} images per class")
+    if epochs is None:
+        return strategy
+    warm, fine = strategy.warmup_epochs, strategy.finetune_epochs
+    warm = epochs if fine == 0 else min(epochs, max(1, round(epochs * warm / (warm + fine))))
+    return Strategy(**{**asdict(strategy), "warmup_epochs": warm, "finetune_epochs": epochs - warm})
+
+
+def _fresh_run_dir(out: str) -> Path:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--out {out!r} is a file; give a new folder for the run")
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"--out {out!r} exists and is not empty; give a new folder for the run "
+                         "(nothing is overwritten)")
+    return path
+
+
+def _summary(report: ClassificationReport | None, history: Any) -> str:
+    if report is None:
+        return "no validation images (val_fraction=0 or too few per class): nothing to report"
+    best = history.best
+    where = f" (best epoch {best['epoch']} of {len(history)})" if best else ""
+    return f"validation accuracy {report.accuracy:.4f}, loss {report.loss:.4f}{where}"
+
+
+def fit(args: argparse.Namespace) -> None:
+    """``transferlearn fit DATA_DIR --out RUN_DIR ...``: train, save, report."""
+    out = _fresh_run_dir(args.out)
+    weights = None if args.weights.lower() == "none" else args.weights
+    model = load_model(args.arch, weights=weights)           # unknown arch or missing weights: before any scan
+    recorded = model.transferlearn_weights
+    preset = recorded if recorded and "." in recorded else None
+    data = load_image_folder(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, weights=preset,
+                             size=args.image_size)
+    strategy = _strategy(args.strategy, min(data.counts["train"].values()), args.epochs)
+    if strategy.augment:
+        data = load_image_folder(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, weights=preset,
+                                 size=args.image_size, augment=True)
+    replace_head(model, len(data.classes))
+    train_loader, val_loader = data.loaders(args.batch_size, num_workers=args.workers)
+    print(f"{len(data.classes)} classes, {len(data.train)} training and "
+          f"{len(data.val) if data.val is not None else 0} validation images; strategy {strategy.kind} "
+          f"({strategy.warmup_epochs} warm-up + {strategy.finetune_epochs} fine-tune epochs)")
+    history = Trainer(model, seed=args.seed).fit(train_loader, val_loader, strategy=strategy)
+    report = classification_report(model, data.val, data.classes) if data.val is not None else None
+    metrics = {**(report.to_dict() if report else {}), "best_epoch": history.best["epoch"] if history.best else None,
+               "strategy": asdict(strategy), "counts": data.counts, "skipped": [list(s) for s in data.skipped]}
+    transform = data.val.transform if data.val is not None else data.train.transform
+    save_classifier(model, out, classes=data.classes, transform=transform, history=history, metrics=metrics)
+    plot_history(history, out / "curves.png")
+    if report is not None:
+        report.plot_confusion_matrix(out / "confusion_matrix.png")
+        report.plot_top_losses(out / "top_losses.png")
+    print(_summary(report, history))
+    print(f"saved the classifier to {out}")
+
+
+def _labelled_files(data_dir: str, classes: tuple[str, ...], transform: Any) -> ImageFiles:
+    """Every image of DATA_DIR (its ``val`` folder for a train/val layout), labelled by name."""
+    found = load_image_folder(data_dir, val_fraction=0.0, check="header", cache_bytes=0, max_imbalance=None)
+    part = found.val if found.layout == "train/val" else found.train
+    unknown = sorted(set(found.classes) - set(classes))
+    if unknown:
+        raise ValueError(f"{data_dir!r} has class folders the classifier does not know: {unknown}; "
+                         f"it knows {list(classes)}")
+    samples = [(path, classes.index(found.classes[label])) for path, label in part.samples]
+    return ImageFiles(samples, classes, transform)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """``transferlearn evaluate RUN_DIR DATA_DIR [--json]``: the report on a labelled folder."""
+    clf = load_classifier(args.run_dir)
+    report = classification_report(clf, _labelled_files(args.data_dir, clf.classes, clf.transform),
+                                   batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(report.to_dict(), allow_nan=False))
+        return
+    print(report)
+    for row in report.top_losses:
+        where = row["path"] if row["path"] is not None else f"#{row['index']}"
+        print(f"wrong: {where}  {row['true']} -> {row['predicted']}  (p {row['probability']:.3f}, "
+              f"loss {row['loss']:.3f})")
+
+
+def predict(args: argparse.Namespace) -> None:
+    """``transferlearn predict RUN_DIR IMAGE... [--top-k K] [--json]``."""
+    clf = load_classifier(args.run_dir)
+    results = clf.predict(list(args.images), top_k=args.top_k, batch_size=args.batch_size)
+    rows = [{"path": path, **result} for path, result in zip(args.images, results)]
+    if args.json:
+        print(json.dumps(rows, allow_nan=False))
+        return
+    for row in rows:
+        others = "".join(f"  {name} {p:.4f}" for name, p in row["top_k"][1:])
+        print(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}{others}")
+
+
+def export(args: argparse.Namespace) -> None:
+    """``transferlearn export RUN_DIR --onnx FILE``."""
+    path = export_onnx(load_classifier(args.run_dir), args.onnx)
+    print(f"wrote {path}")
+
+
+def install(args: argparse.Namespace) -> None:
+    """``transferlearn install-weights FILE WEIGHTS [--no-check-hash]``."""
+    path = install_weights(args.file, args.weights, check_hash=not args.no_check_hash)
+    print(f"installed {args.weights} -> {path}")
+
+
+def recommend(args: argparse.Namespace) -> None:
+    """``transferlearn recommend IMAGES_PER_CLASS [--different-domain] [--total-images N]``."""
+    strategy = recommend_strategy(args.images_per_class, similar_domain=not args.different_domain,
+                                  total_images=args.total_images)
+    for key, value in asdict(strategy).items():
+        print(f"{key:16s} {value}")

@@ -1,0 +1,141 @@
+"""The library's one reader of image files.
+
+``load_image`` returns a fully decoded PIL image with its file closed, its EXIF orientation
+applied and its own mode kept: 16-bit (``I;16``), 32-bit (``I``) and float (``F``) images are
+not squeezed into 8-bit RGB here, so ``imagenet_transform`` can scale them by their full
+range. A file that is not an image, is empty or is cut short raises ``ImageReadError`` (a
+``ValueError``) naming the path and the reason, instead of PIL's bare message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from PIL import Image, ImageOps
+
+from ..base import check_int, describe
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "load_image"]
+
+# torchvision's IMG_EXTENSIONS (which already has .tif/.tiff); compared case-insensitively.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif",
+                                     ".tiff", ".webp")
+
+
+class ImageReadError(ValueError):
+    """A file exists but cannot be read as an image.
+
+    Raised in a DataLoader worker, it reaches the main process as an ``ImageReadError`` too
+    (its message then also holds the worker's traceback).
+
+    Attributes:
+        path: the file.
+        reason: why it could not be read (e.g. ``"empty file"``, ``"truncated or corrupt
+            image data: ..."``).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:
+            # One argument: a whole message, as a DataLoader re-raises a worker's error (with
+            # the worker's traceback). Keep the type; recover path and reason from the text.
+            found = re.findall(r"cannot read image '(.*?)': (.*)", str(path))
+            self.path, self.reason = found[-1] if found else (None, str(path))
+            super().__init__(str(path))
+            return
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot read image {self.path!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps (path, reason) across DataLoader workers
+        return (type(self), (self.path, self.reason))
+
+
+def _check_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
+    return Path(path)
+
+
+def _check_draft(draft: Any) -> tuple[int, int] | None:
+    if draft is None:
+        return None
+    if not isinstance(draft, (tuple, list)) or len(draft) != 2:
+        raise TypeError(f"draft must be None or a (width, height) pair of ints >= 1, got {describe(draft)}")
+    return (check_int("draft width", draft[0], minimum=1), check_int("draft height", draft[1], minimum=1))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image file (no known image format recognised)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too many pixels ({exc})"
+    return f"truncated or corrupt image data ({type(exc).__name__}: {exc})"
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[IO[bytes]]:
+    """Open ``path``; any failure inside the block becomes an ``ImageReadError`` naming it."""
+    with open(path, "rb") as file:   # FileNotFoundError / IsADirectoryError name the path
+        if os.fstat(file.fileno()).st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        try:
+            yield file
+        except Exception as exc:  # any decoder failure is a property of this file
+            raise ImageReadError(path, _reason(exc)) from exc
+
+
+def check_header(path: str | os.PathLike) -> None:
+    """Cheap check that a file is an image: open it and run ``Image.verify`` (no full decode).
+
+    Finds empty files, non-images and (for PNG) corrupt chunks; a JPEG cut short in its pixel
+    data passes (only a full decode finds that). Raises as ``load_image`` does.
+    """
+    with _reading(_check_path(path)) as file, Image.open(file) as img:
+        img.verify()
+
+
+def load_image(path: str | os.PathLike, *, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Read an image file completely and return it upright, in its own mode.
+
+    The file is decoded at once (``Image.load``) and closed before returning, so no file
+    handle leaks into DataLoader workers. The EXIF orientation tag is applied
+    (``ImageOps.exif_transpose``), so a phone photo taken sideways comes out upright. The
+    mode is kept: ``I;16``/``I``/``F`` stay high bit depth (``imagenet_transform`` scales them
+    by their range); palette, RGBA, CMYK and grayscale stay as they are. PIL's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not touched: a truncated file is an error.
+
+    Args:
+        path: the image file.
+        draft: ``(width, height)``: JPEGs are decoded at the smallest power-of-two reduction
+            (1/2, 1/4, 1/8) whose size is still at least ``width`` x ``height``
+            (``Image.draft``); much faster for large photos going to a small model input.
+            Other formats ignore it. ``None`` decodes at full size.
+
+    Returns:
+        The decoded ``PIL.Image.Image``.
+
+    Raises:
+        TypeError: ``path`` is not a str/PathLike, or ``draft`` is not a pair of ints.
+        ValueError: ``draft`` has a side < 1.
+        FileNotFoundError: no file at ``path`` (``IsADirectoryError`` for a folder,
+            ``PermissionError`` when it cannot be opened); the message names the path.
+        ImageReadError: the file is empty, not an image, or truncated/corrupt (a
+            ``ValueError``; ``.path`` and ``.reason`` say which and why).
+
+    Example:
+        >>> img = load_image("photos/cat.jpg", draft=(256, 256))
+        >>> img.mode, min(img.size) >= 256
+        ('RGB', True)
+    """
+    path = _check_path(path)
+    size = _check_draft(draft)
+    with _reading(path) as file:
+        img = Image.open(file)
+        if size is not None and img.format == "JPEG":
+            img.draft(None, size)
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)   # no copy when there is nothing to turn
+    return img

@@ -1,0 +1,220 @@
+"""Load pretrained models from the local torch hub cache; install checkpoints there offline."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from ..base import as_weights, atomic_write, check_int, describe
+from .heads import replace_head
+
+__all__ = ["load_model", "install_weights", "checkpoint_path"]
+
+_HASH = re.compile(r"-([a-f0-9]+)\.")
+
+
+def _resolve_weights(arch: str, weights: Any) -> tvm.WeightsEnum | None:
+    if weights is None or isinstance(weights, tvm.WeightsEnum):
+        return weights
+    if not isinstance(weights, str):
+        raise TypeError(f"weights must be None, a WeightsEnum member or a name such as "
+                        f"'DEFAULT' or 'IMAGENET1K_V1', got {describe(weights)}")
+    if "." in weights:
+        return as_weights(weights)
+    enum = tvm.get_model_weights(arch)
+    try:
+        return enum[weights]
+    except KeyError:
+        raise ValueError(f"weights={weights!r} is not one of {arch}'s weights: "
+                         f"{['DEFAULT'] + [w.name for w in enum]}") from None
+
+
+def checkpoint_path(weights: tvm.WeightsEnum) -> Path:
+    """Where torchvision looks for ``weights`` in the torch hub cache."""
+    weights = as_weights(weights)
+    name = os.path.basename(urlparse(weights.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _timm_candidates(cfg: Any) -> list[str]:
+    """Weight file names timm would try on the Hugging Face hub, in its order of preference."""
+    given = cfg.hf_hub_filename
+    if given is None or given == "pytorch_model.bin":
+        return ["model.safetensors", "pytorch_model.bin"]
+    if given.endswith(".bin"):
+        return [given[:-4] + ".safetensors", given]
+    return [given]
+
+
+def _timm_cached_file(name: str) -> tuple[str, bool] | None:
+    """The local file timm's pretrained weights for ``name`` would load from, without any network.
+
+    Looks in the Hugging Face cache (``huggingface_hub.try_to_load_from_cache``, which only
+    reads the disk) and in timm's legacy URL cache (the torch hub ``checkpoints`` folder).
+    Nothing process-wide is touched: the caller passes the file to ``timm.create_model``
+    through ``pretrained_cfg_overlay={"file": ...}``. Returns ``(path, custom_load)``.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id and importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in _timm_candidates(cfg):
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return found, bool(cfg.custom_load)
+    if cfg.url:
+        legacy = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        if legacy.is_file():
+            return str(legacy), bool(cfg.custom_load)
+    return None
+
+
+def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ImportError("load_model('timm/...') needs timm: pip install 'transferlearn[timm]'") from None
+    if weights not in (None, "DEFAULT"):
+        raise ValueError(f"for timm models weights must be None or 'DEFAULT', got {weights!r}")
+    if weights is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if download:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    local = _timm_cached_file(name)
+    if local is None:
+        raise FileNotFoundError(
+            f"pretrained weights for timm model {name!r} are not in the local Hugging Face cache; "
+            "pass download=True to fetch them")
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    overlay.update(file=local[0], custom_load=local[1])
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def _weights_name(weights: Any) -> str | None:
+    """``"MobileNet_V2_Weights.IMAGENET1K_V1"`` for an enum member; strings as given."""
+    if isinstance(weights, tvm.WeightsEnum):
+        return f"{type(weights).__name__}.{weights.name}"
+    return weights if isinstance(weights, str) else None
+
+
+def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None = None,
+               download: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a torchvision (or timm) model with pretrained weights and, optionally, a new head.
+
+    ``arch`` is a name from ``torchvision.models.list_models()`` or ``"timm/<name>"``. The
+    weights come from the torch hub cache (``torch.hub.get_dir()/checkpoints``; for timm,
+    the local Hugging Face cache); a missing checkpoint raises instead of downloading unless
+    ``download=True``. Use ``install_weights`` to put a checkpoint there on an offline
+    machine. timm weights are looked up in the local caches first and handed to timm as a
+    file, so nothing process-wide (such as ``HF_HUB_OFFLINE``) is changed.
+
+    The model records how it was built in three plain attributes (not in its
+    ``state_dict``; they survive ``copy.deepcopy`` and pickling): ``transferlearn_arch``
+    (``arch``), ``transferlearn_weights`` (the weights' full name, or None) and
+    ``transferlearn_kwargs`` (``kwargs``). ``save_classifier`` reads them.
+
+    Args:
+        arch: model name, e.g. ``"mobilenet_v2"`` or ``"timm/resnet18"``.
+        weights: ``"DEFAULT"``, a weights name (``"IMAGENET1K_V1"``), an enum member, or
+            ``None`` for random initialisation.
+        num_classes: when given, ``replace_head(model, num_classes)`` is applied.
+        download: allow torchvision to download a checkpoint that is not in the cache.
+        **kwargs: passed on to ``torchvision.models.get_model`` / ``timm.create_model``.
+
+    Returns:
+        The model, in eval mode as torchvision builds it.
+
+    Raises:
+        TypeError, ValueError: unknown architecture or weights, bad ``num_classes``.
+        FileNotFoundError: the checkpoint is not cached and ``download`` is False.
+
+    Example:
+        >>> model = load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=5)
+    """
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a model name string, got {describe(arch)}")
+    if num_classes is not None:
+        check_int("num_classes", num_classes, minimum=0)
+    if arch.startswith("timm/"):
+        model = _load_timm(arch[5:], weights, download, dict(kwargs))
+        resolved = weights
+    else:
+        if arch not in tvm.list_models():
+            raise ValueError(f"arch={arch!r} is not a torchvision model; see "
+                             "torchvision.models.list_models() or use 'timm/<name>'")
+        resolved = _resolve_weights(arch, weights)
+        if resolved is not None and not download and not checkpoint_path(resolved).is_file():
+            raise FileNotFoundError(
+                f"weights {resolved} are not in the torch hub cache (expected "
+                f"{checkpoint_path(resolved)}); put them there with install_weights(file, "
+                f"{type(resolved).__name__}.{resolved.name}) or pass download=True")
+        model = tvm.get_model(arch, weights=resolved, **kwargs)
+    if num_classes is not None:
+        replace_head(model, num_classes)
+    model.transferlearn_arch = arch
+    model.transferlearn_weights = _weights_name(resolved)
+    model.transferlearn_kwargs = dict(kwargs)
+    return model
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool = True) -> Path:
+    """Copy a local checkpoint into the torch hub cache under the name torchvision expects.
+
+    The SHA-256 of the file must start with the prefix torchvision encodes in the
+    checkpoint's file name (``mobilenet_v2-b0353104.pth`` -> ``b0353104``). The copy is
+    atomic: a temporary file in the cache folder, then ``os.replace``.
+
+    Args:
+        file: path of the checkpoint (``.pth``).
+        weights: the torchvision weights enum member (or its full name) it belongs to.
+        check_hash: verify the hash prefix; turn off only for weights whose file name has none.
+
+    Returns:
+        The path of the installed checkpoint.
+
+    Raises:
+        TypeError: ``weights`` is not a weights enum or name.
+        FileNotFoundError: ``file`` does not exist.
+        ValueError: the hash does not match, or the name has no hash and ``check_hash`` is on.
+
+    Example:
+        >>> install_weights("mobilenet_v2-b0353104.pth", MobileNet_V2_Weights.IMAGENET1K_V1)
+    """
+    target = checkpoint_path(as_weights(weights))
+    source = Path(file)
+    if not source.is_file():
+        raise FileNotFoundError(f"file={str(file)!r} does not exist or is not a file")
+    match = _HASH.search(target.name)
+    if check_hash:
+        if match is None:
+            raise ValueError(f"{target.name} carries no hash prefix to check; pass check_hash=False")
+        actual = _sha256(source)
+        if not actual.startswith(match.group(1)):
+            raise ValueError(f"file={str(file)!r} has SHA-256 {actual[:16]}..., but {weights} "
+                             f"expects a hash starting with {match.group(1)!r}")
+    with open(source, "rb") as src:
+        atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
+    return target

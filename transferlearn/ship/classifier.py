@@ -1,0 +1,291 @@
+"""Save a trained model with its class names and preprocessing; load it anywhere, offline.
+
+A saved classifier is a directory holding ``classifier.json`` (architecture, classes, the
+evaluation transform's parameters, the head's structure, versions) and one safetensors
+file of weights. Nothing is pickled: loading rebuilds the architecture with
+``load_model(arch, weights=None)`` (no download) and loads the tensors strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.transforms import InterpolationMode
+
+from ..base import atomic_write, check_int, check_module, describe, run_device
+from ..data.images import load_image
+from ..data.transforms import ImagePreprocess, imagenet_transform
+from ..train.evaluation import predict
+from ..train.runtime import memory_layout, use_channels_last
+from . import _parts as parts
+from .format import CONFIG_NAME, FORMAT, ClassifierConfig
+
+__all__ = ["Classifier", "ClassifierConfig", "load_classifier", "save_classifier"]
+
+
+def save_classifier(model: nn.Module, directory: str | os.PathLike, *, classes: Sequence[str],
+                    transform: ImagePreprocess, arch: str | None = None, weights: Any = None,
+                    history: Any = None, metrics: Mapping[str, Any] | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None) -> Path:
+    """Write a model, its class names and its preprocessing to ``directory``; no pickled code.
+
+    Files: ``classifier.json`` (a ``ClassifierConfig``), ``model-<sha>.safetensors`` (the
+    state dict), and ``history.json`` / ``metrics.json`` when given. Each file is written
+    atomically and ``classifier.json`` last, naming the weights file by its hash, so a crash
+    at any point leaves the previous classifier (or none) loadable, never a mix.
+
+    Args:
+        model: the trained network (DataParallel/DDP/compiled wrappers are unwrapped).
+        directory: where to write; created if needed.
+        classes: class names, one per output of the head, unique.
+        transform: the ``ImagePreprocess`` the model was trained with; a training transform
+            is saved as its evaluation counterpart (same size, resize, statistics).
+        arch: the ``load_model`` name; may be left out when ``load_model`` built the model.
+        weights: the pretrained weights training started from (recorded, never loaded);
+            default: what ``load_model`` recorded.
+        history: the ``History`` of ``fit`` (or its records), written as ``history.json``.
+        metrics: JSON-able numbers (e.g. a report's ``to_dict()``), written as ``metrics.json``.
+        model_kwargs: ``load_model`` keyword arguments that rebuild the structure; default:
+            what ``load_model`` recorded.
+
+    Returns:
+        The directory.
+
+    Raises:
+        TypeError: wrong argument types.
+        ValueError: classes not unique or not matching the head, unknown ``arch``, a model
+            that ``load_model(arch, **model_kwargs)`` would not rebuild, ``directory`` is a file.
+
+    Example:
+        >>> save_classifier(model, "runs/pets", classes=data.classes,
+        ...                 transform=imagenet_transform(size=160))
+    """
+    check_module("model", model)
+    model, path = parts.unwrap(model), parts.as_directory(directory)
+    names = parts.check_classes(classes)
+    config = ClassifierConfig(
+        format=FORMAT, arch=parts.resolve_arch(model, arch), num_classes=len(names), classes=names,
+        transform=parts.transform_params(transform), head=parts.head_structure(model, len(names)),
+        model_kwargs=parts.model_kwargs_for(model, model_kwargs),
+        weights=str(weights) if weights is not None else getattr(model, "transferlearn_weights", None),
+        weights_file="model-000000000000.safetensors", sha256="0" * 64, dtype=parts.dtype_name(model),
+        versions={"transferlearn": parts.library_version(), "torch": torch.__version__,
+                  "torchvision": torchvision.__version__})
+    parts.check_rebuilds(model, config)
+    extras = {n: parts.json_text(v, n) for n, v in (("history", history), ("metrics", metrics)) if v is not None}
+    from safetensors.torch import save as to_bytes
+    blob = to_bytes(parts.cpu_tensors(model), metadata={"format": "pt"})
+    digest = hashlib.sha256(blob).hexdigest()
+    config = replace(config, weights_file=f"model-{digest[:12]}.safetensors", sha256=digest)
+    for name, text in extras.items():
+        atomic_write(path / f"{name}.json", lambda f, t=text: f.write(t.encode()))
+    atomic_write(path / config.weights_file, lambda f: f.write(blob))
+    atomic_write(path / CONFIG_NAME, lambda f: f.write(config.to_json().encode()))
+    for stale in path.glob("model-*.safetensors"):
+        if stale.name != config.weights_file:
+            stale.unlink()
+    return path
+
+
+def _one_item(item: Any, where: str) -> Any:
+    """Check one image: a path, a PIL image, or an unnormalised tensor / array."""
+    if isinstance(item, (str, os.PathLike)):
+        return Path(item)
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray):
+        item = torch.from_numpy(np.array(item))  # a copy: arrays may be read-only
+        if item.ndim == 3 and item.shape[-1] in (1, 3) and item.shape[0] not in (1, 3):
+            item = item.permute(2, 0, 1)
+    if not isinstance(item, torch.Tensor):
+        raise TypeError(f"{where} must be a file path, a PIL image or an image tensor, got {describe(item)}")
+    if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[0] not in (1, 3)):
+        raise ValueError(f"{where} must be an image tensor shaped (C, H, W) with C in (1, 3), got shape "
+                         f"{tuple(item.shape)}")
+    if item.dtype != torch.uint8 and not item.is_floating_point():
+        raise TypeError(f"{where} must be a uint8 or float tensor, got dtype {item.dtype}")
+    if item.is_floating_point() and item.numel() and not bool(((item >= 0) & (item <= 1)).all()):
+        raise ValueError(f"{where} must hold unnormalised pixels (float in [0, 1] or uint8), got values in "
+                         f"[{float(item.min()):.3g}, {float(item.max()):.3g}]; the classifier normalises "
+                         "images itself, so pass them before Normalize")
+    return item
+
+
+def _items(items: Any) -> list[Any]:
+    if isinstance(items, torch.Tensor) and items.ndim == 4:
+        return [_one_item(x, f"items[{i}]") for i, x in enumerate(items)]
+    if isinstance(items, (list, tuple)):
+        return [_one_item(x, f"items[{i}]") for i, x in enumerate(items)]
+    return [_one_item(items, "items")]
+
+
+class Classifier:
+    """A model together with its class names and preprocessing; what ``load_classifier`` returns.
+
+    Attributes:
+        model: the network, in eval mode.
+        classes: class names, index ``i`` is output ``i``.
+        transform: the evaluation ``ImagePreprocess`` applied to every image.
+        config: the ``ClassifierConfig`` read from ``classifier.json`` (None if built by hand).
+    """
+
+    def __init__(self, model: nn.Module, classes: Sequence[str], transform: ImagePreprocess, *,
+                 config: ClassifierConfig | None = None) -> None:
+        check_module("model", model)
+        self.classes = parts.check_classes(classes)
+        params = parts.transform_params(transform)
+        self.transform = transform if not transform.train else imagenet_transform(
+            size=params["size"], resize=params["resize"], mean=params["mean"], std=params["std"],
+            interpolation=transform.interpolation)
+        self.model, self.config = model.eval(), config
+
+    def __repr__(self) -> str:
+        arch = self.config.arch if self.config else type(self.model).__name__
+        return f"Classifier({arch}, {len(self.classes)} classes, {self.transform!r})"
+
+    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = True) -> torch.Tensor:
+        """Class probabilities, shape ``(N, num_classes)``, for the images in ``items``.
+
+        Args:
+            items: see ``predict``.
+            batch_size: images transformed and run together.
+            draft: see ``predict``.
+
+        Returns:
+            A float tensor on the CPU; row ``i`` belongs to the ``i``-th image.
+
+        Raises:
+            TypeError, ValueError: as ``predict``.
+
+        Example:
+            >>> clf.predict_proba(["a.jpg", "b.jpg"]).shape
+            torch.Size([2, 3])
+        """
+        check_int("batch_size", batch_size, minimum=1)
+        if not isinstance(draft, bool):
+            raise TypeError(f"draft must be True or False, got {describe(draft)}")
+        side = self.transform.resize
+        images = _items(items)
+        rows = [torch.empty(0, len(self.classes))]
+        fast = use_channels_last("auto", run_device(self.model), self.model)  # as the Trainer runs it
+        with memory_layout(self.model, fast):
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([self.transform(load_image(x, draft=(side, side) if draft else None)
+                                                    if isinstance(x, Path) else x)
+                                     for x in images[start:start + batch_size]])
+                rows.append(predict(self.model, batch, batch_size=batch_size))
+        return torch.cat(rows)
+
+    def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
+                draft: bool = True) -> list[dict[str, Any]]:
+        """Classify one or many images.
+
+        Args:
+            items: one or a list of: file paths (read with ``load_image``: EXIF orientation,
+                16-bit kept), PIL images, or unnormalised image tensors / arrays (uint8, or
+                float in [0, 1]; ``(C, H, W)``, an ``(N, C, H, W)`` batch is N images).
+            top_k: how many of the most probable classes to list, 1 to ``len(classes)``.
+            batch_size: images transformed and run together.
+            draft: decode JPEG files at the smallest power-of-two reduction still at least
+                the transform's ``resize`` (as ``load_image_folder`` does by default, so a file
+                is seen exactly as in training); False decodes at full size.
+
+        Returns:
+            One dict per image, in order: ``{"class": name, "probability": p,
+            "top_k": [[name, p], ...]}`` (``top_k`` sorted by probability, highest first).
+
+        Raises:
+            TypeError: an item of another type, a tensor of another dtype.
+            ValueError: ``top_k`` out of range, a tensor of the wrong shape or with values
+                outside [0, 1], or an unreadable image file (the error names the path).
+
+        Example:
+            >>> clf = load_classifier("runs/pets")
+            >>> clf.predict("cat.jpg", top_k=2)
+            [{'class': 'cat', 'probability': 0.93, 'top_k': [['cat', 0.93], ['dog', 0.07]]}]
+        """
+        check_int("top_k", top_k, minimum=1, maximum=len(self.classes))
+        probs = self.predict_proba(items, batch_size=batch_size, draft=draft)
+        values, indices = probs.topk(top_k, dim=1)
+        out = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist()):
+            pairs = [[self.classes[i], p] for p, i in zip(row_values, row_indices)]
+            out.append({"class": pairs[0][0], "probability": pairs[0][1], "top_k": pairs})
+        return out
+
+
+def _read_weights(path: Path, config: ClassifierConfig) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as from_bytes
+
+    file = path / config.weights_file
+    if not file.is_file():
+        raise ValueError(f"{path / CONFIG_NAME} names the weights file {config.weights_file!r}, which "
+                         "is missing; the classifier directory is incomplete")
+    blob = file.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != config.sha256:
+        raise ValueError(f"{file} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is "
+                         "damaged or was replaced")
+    return from_bytes(blob)
+
+
+def _check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Same names and shapes as the rebuilt model, or a ValueError naming the first differences."""
+    want = model.state_dict()
+    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{what}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    shapes = [f"{k} is {tuple(tensors[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in want.items() if tensors[k].shape != v.shape]
+    if shapes:
+        raise ValueError(f"{what}: {'; '.join(shapes[:2])}")
+
+
+def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Classifier:
+    """Load what ``save_classifier`` wrote: rebuilt offline, weights loaded strictly, eval mode.
+
+    The architecture comes from ``load_model(arch, weights=None, **model_kwargs)``, so no
+    pretrained checkpoint is needed (nor downloaded); ``classifier.json`` is checked field by
+    field and the weights file against its SHA-256 before anything is built.
+
+    Args:
+        directory: a directory written by ``save_classifier``.
+        device: where to put the model (default: the CPU).
+
+    Returns:
+        A ``Classifier`` with ``.model`` (eval mode), ``.classes``, ``.transform``, ``.config``.
+
+    Raises:
+        TypeError: ``directory`` is not a path.
+        FileNotFoundError: ``directory`` does not exist.
+        ValueError: it is not a saved classifier (no ``classifier.json``), a field is missing,
+            of the wrong type or of an unknown format version, or the weights do not fit.
+
+    Example:
+        >>> clf = load_classifier("runs/pets")
+        >>> clf.classes
+        ('cat', 'dog')
+    """
+    path = parts.as_directory(directory)
+    if not path.exists():
+        raise FileNotFoundError(f"directory={str(directory)!r} does not exist")
+    if not (path / CONFIG_NAME).is_file():
+        raise ValueError(f"{str(directory)!r} is not a saved classifier: it has no {CONFIG_NAME} "
+                         "(save_classifier or 'transferlearn fit' writes one)")
+    config = ClassifierConfig.from_json((path / CONFIG_NAME).read_text(), str(path / CONFIG_NAME))
+    tensors = _read_weights(path, config)
+    model = parts.build_model(config)
+    _check_fits(model, tensors, f"{path / config.weights_file} does not fit {config.arch!r}")
+    model.load_state_dict(tensors, strict=True)
+    transform = imagenet_transform(
+        size=config.transform["size"], resize=config.transform["resize"], mean=config.transform["mean"],
+        std=config.transform["std"], interpolation=InterpolationMode(config.transform["interpolation"]))
+    return Classifier(model.to(device or "cpu").eval(), config.classes, transform, config=config)

@@ -1,0 +1,315 @@
+"""How a classifier does on labelled data: accuracy, per-class scores, confusion, worst mistakes.
+
+``classification_report`` runs the model once over the data (eval mode, under
+``torch.inference_mode``) and returns a ``ClassificationReport``: JSON-able numbers plus
+PNG plots of the confusion matrix and of the most confidently wrong samples. Plots use
+matplotlib's object API (``Figure`` + ``FigureCanvasAgg``) and never switch the process-wide
+backend, so calling them from a notebook changes nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
+
+from ..base import atomic_write, check_int, describe, eval_mode, run_device
+from ..data.batches import split_batch
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
+from .classifier import Classifier
+
+__all__ = ["ClassificationReport", "classification_report"]
+
+
+@dataclass(frozen=True)
+class ClassificationReport:
+    """The result of ``classification_report``.
+
+    Attributes:
+        classes: class names; row/column ``i`` of the confusion matrix is class ``i``.
+        count: samples evaluated.
+        accuracy: share of samples whose most probable class is the true one.
+        loss: mean cross-entropy.
+        per_class: ``{class: {"precision", "recall", "f1", "support"}}`` (0 where undefined,
+            as scikit-learn's ``zero_division=0``).
+        macro_avg: unweighted mean of precision, recall and F1 over the classes.
+        weighted_avg: the same, weighted by support.
+        confusion_matrix: ``[true][predicted]`` counts.
+        top_losses: the most confidently wrong samples, highest loss first: ``index`` (position
+            in the data), ``path`` (when the dataset has ``.samples`` and the order is known, else
+            None), ``true``, ``predicted``, ``loss``, ``probability`` (of the predicted class).
+        images: the input tensors of ``top_losses``, for ``plot_top_losses`` (not in ``to_dict``).
+        stats: ``(mean, std)`` that ``plot_top_losses`` uses to undo the normalisation.
+    """
+
+    classes: tuple[str, ...]
+    count: int
+    accuracy: float
+    loss: float
+    per_class: dict[str, dict[str, float]]
+    macro_avg: dict[str, float]
+    weighted_avg: dict[str, float]
+    confusion_matrix: list[list[int]]
+    top_losses: list[dict[str, Any]]
+    images: tuple[torch.Tensor, ...] = field(default=(), repr=False, compare=False)
+    stats: tuple[list[float], list[float]] = field(default=(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+                                                   repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every number as plain JSON values (no tensors, no images).
+
+        Returns:
+            ``{"accuracy", "loss", "count", "classes", "per_class", "macro_avg",
+            "weighted_avg", "confusion_matrix", "top_losses"}``.
+
+        Example:
+            >>> json.dumps(report.to_dict())
+        """
+        return {"accuracy": self.accuracy, "loss": self.loss, "count": self.count,
+                "classes": list(self.classes), "per_class": {k: dict(v) for k, v in self.per_class.items()},
+                "macro_avg": dict(self.macro_avg), "weighted_avg": dict(self.weighted_avg),
+                "confusion_matrix": [list(r) for r in self.confusion_matrix],
+                "top_losses": [dict(t) for t in self.top_losses]}
+
+    def __str__(self) -> str:
+        width = max(12, *(len(c) for c in self.classes))
+        lines = [f"{'':{width}}  precision  recall     f1  support"]
+        for name, row in [*self.per_class.items(), ("macro avg", self.macro_avg),
+                          ("weighted avg", self.weighted_avg)]:
+            support = row.get("support", self.count)
+            lines.append(f"{name:{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}"
+                         f"  {support:7d}")
+        lines.append(f"accuracy {self.accuracy:.4f}  loss {self.loss:.4f}  ({self.count} samples)")
+        return "\n".join(lines)
+
+    def plot_confusion_matrix(self, path: str | os.PathLike, *, normalize: bool = False) -> Path:
+        """Write the confusion matrix as a PNG (rows: true class, columns: predicted).
+
+        Args:
+            path: the PNG file.
+            normalize: show each row as shares of its true class instead of counts.
+
+        Returns:
+            The path written.
+
+        Raises:
+            TypeError: ``normalize`` is not a bool.
+            ImportError: matplotlib is not installed.
+
+        Example:
+            >>> report.plot_confusion_matrix("runs/pets/confusion_matrix.png")
+        """
+        from ._plots import confusion_figure
+
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {describe(normalize)}")
+        return _save_png(confusion_figure(self.confusion_matrix, self.classes, normalize), path)
+
+    def plot_top_losses(self, path: str | os.PathLike, *, columns: int = 3) -> Path:
+        """Write the most confidently wrong samples as a PNG grid.
+
+        Each tile shows the image (read from its file when the path is known, else the
+        input tensor with the normalisation undone) titled ``true -> predicted``, the loss
+        and the predicted class's probability.
+
+        Args:
+            path: the PNG file.
+            columns: tiles per row.
+
+        Returns:
+            The path written.
+
+        Raises:
+            TypeError, ValueError: ``columns`` is not an int >= 1.
+            ImportError: matplotlib is not installed.
+
+        Example:
+            >>> report.plot_top_losses("runs/pets/top_losses.png")
+        """
+        from ._plots import top_losses_figure
+
+        check_int("columns", columns, minimum=1)
+        return _save_png(top_losses_figure(self.top_losses, self.images, self.stats, columns), path)
+
+
+def _save_png(figure: Any, path: str | os.PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
+    return atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
+
+
+def _dataset_of(data: Any) -> Any:
+    return data.dataset if isinstance(data, DataLoader) else data
+
+
+def _known_order(data: Any) -> bool:
+    """Position in the iteration is the dataset index: a Dataset, or a loader read in order."""
+    if not isinstance(data, DataLoader):
+        return True
+    batches = data.batch_sampler
+    return isinstance(data.sampler, SequentialSampler) and (
+        batches is None or (type(batches) is BatchSampler and batches.sampler is data.sampler))
+
+
+def _sample_path(dataset: Any, index: int) -> str | None:
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    if not isinstance(samples, Sequence) or index >= len(samples):
+        return None
+    sample = samples[index]
+    path = sample[0] if isinstance(sample, (tuple, list)) else sample
+    return str(path) if isinstance(path, (str, os.PathLike)) else None
+
+
+def _dataset_attr(dataset: Any, name: str) -> Any:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, name, None)
+
+
+def _setup(model_or_classifier: Any, data: Any, classes: Any) -> tuple[nn.Module, Any, tuple[list, list]]:
+    """The model, the class names (or None: numbered later) and the normalisation statistics."""
+    dataset = _dataset_of(data)
+    transform = _dataset_attr(dataset, "transform")
+    if isinstance(model_or_classifier, Classifier):
+        model, own, transform = model_or_classifier.model, model_or_classifier.classes, model_or_classifier.transform
+        if classes is not None and tuple(classes) != own:
+            raise ValueError(f"classes={describe(classes)} differ from the classifier's own {list(own)}")
+        classes = own
+    elif isinstance(model_or_classifier, nn.Module):
+        model = model_or_classifier
+    else:
+        raise TypeError(f"model_or_classifier must be an nn.Module or a Classifier, got "
+                        f"{describe(model_or_classifier)}")
+    if not isinstance(data, (Dataset, DataLoader)):
+        raise TypeError(f"data must be a torch Dataset or DataLoader yielding (image, label), got {describe(data)}")
+    data_classes = _dataset_attr(dataset, "classes")
+    if classes is None:
+        classes = data_classes
+    elif data_classes is not None and list(data_classes) != list(classes):
+        raise ValueError(f"the data's classes {list(data_classes)} are not the model's {list(classes)} "
+                         "(same names in the same order); its labels would be read as the wrong classes")
+    if classes is not None and (isinstance(classes, str) or len(set(classes)) != len(classes)
+                                or not all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"classes must be unique class-name strings, got {describe(classes)}")
+    stats = (transform.mean, transform.std) if isinstance(transform, ImagePreprocess) else (
+        list(IMAGENET_MEAN), list(IMAGENET_STD))
+    return model, (tuple(classes) if classes is not None else None), stats
+
+
+class _Worst:
+    """The ``k`` highest-loss wrong samples seen so far, with their inputs."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.rows = k, []
+
+    def add(self, offset: int, inputs: torch.Tensor, losses: torch.Tensor, wrong: torch.Tensor) -> None:
+        for i in wrong.nonzero().flatten().tolist():
+            self.rows.append((float(losses[i]), offset + i, inputs[i].detach().cpu().clone()))
+        self.rows = sorted(self.rows, key=lambda r: (-r[0], r[1]))[:self.k]
+
+
+def _run(model: nn.Module, loader: Any, device: torch.device, worst: _Worst) -> tuple[torch.Tensor, ...]:
+    """Targets, probabilities and per-sample losses over the whole data, in order."""
+    targets, probs, losses, offset = [], [], [], 0
+    with eval_mode(model), torch.inference_mode():
+        for batch in loader:
+            inputs, y = split_batch(batch, source="data")
+            if y is None:
+                raise ValueError("data must yield (image, label) pairs; it yielded images without labels")
+            out = model(inputs.to(device))
+            logits = (out.logits if hasattr(out, "logits") else out).float().cpu()
+            y = y.cpu().long()
+            if y.ndim != 1 or (len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1])):
+                raise ValueError(f"labels must be class indices in [0, {logits.shape[1] - 1}], got "
+                                 f"{describe(y.tolist())}")
+            loss = F.cross_entropy(logits, y, reduction="none")
+            worst.add(offset, inputs, loss, logits.argmax(1) != y)
+            targets.append(y), probs.append(logits.softmax(1)), losses.append(loss)
+            offset += len(y)
+    if offset == 0:
+        raise ValueError("data is empty: nothing to report on")
+    return torch.cat(targets), torch.cat(probs), torch.cat(losses)
+
+
+def _scores(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Precision, recall, F1 per class from a confusion matrix (0 where undefined)."""
+    tp = cm.diag().double()
+    precision = torch.where(cm.sum(0) > 0, tp / cm.sum(0).clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(cm.sum(1) > 0, tp / cm.sum(1).clamp(min=1), torch.zeros_like(tp))
+    total = precision + recall
+    f1 = torch.where(total > 0, 2 * precision * recall / total.clamp(min=1e-300), torch.zeros_like(tp))
+    return precision, recall, f1
+
+
+def classification_report(model_or_classifier: nn.Module | Classifier, data: Dataset | DataLoader,
+                          classes: Sequence[str] | None = None, *, top_losses: int = 9,
+                          batch_size: int = 64, device: Any = None) -> ClassificationReport:
+    """Accuracy, per-class precision/recall/F1/support, confusion matrix and top losses.
+
+    The model runs once over ``data`` in eval mode under ``torch.inference_mode`` (every
+    module's mode is restored afterwards). The numbers follow scikit-learn's
+    ``classification_report`` and ``confusion_matrix`` with ``zero_division=0``; every class
+    is reported, including those with no samples.
+
+    Args:
+        model_or_classifier: a model returning logits, or a ``Classifier`` (its classes and
+            normalisation are used).
+        data: a Dataset or a DataLoader yielding ``(image tensor, label)``; a loader is read
+            as it is (its sampler, batch size and workers are kept).
+        classes: class names; default: the classifier's, else the dataset's ``.classes``,
+            else ``"0"``, ``"1"``, ... . Must equal the dataset's ``.classes`` when it has one.
+        top_losses: how many of the most confidently wrong samples to keep.
+        batch_size: batch size when ``data`` is a Dataset.
+        device: where to run (default: the model's device).
+
+    Returns:
+        A ``ClassificationReport`` (``.to_dict()``, ``.plot_confusion_matrix(path)``,
+        ``.plot_top_losses(path)``, ``str()`` for a table).
+
+    Raises:
+        TypeError: wrong argument types.
+        ValueError: empty data, labels outside the classes, no labels, classes that differ
+            from the dataset's or the model's output width.
+
+    Example:
+        >>> report = classification_report(load_classifier("runs/pets"), data.val)
+        >>> report.accuracy, report.per_class["cat"]["recall"]
+        (0.93, 0.95)
+    """
+    check_int("top_losses", top_losses, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
+    model, names, stats = _setup(model_or_classifier, data, classes)
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
+    worst = _Worst(top_losses)
+    targets, probs, losses = _run(model, loader, run_device(model, device), worst)
+    n = probs.shape[1]
+    names = names if names is not None else tuple(str(i) for i in range(n))
+    if len(names) != n:
+        raise ValueError(f"the model gives {n} outputs but classes has {len(names)} names")
+    predicted = probs.argmax(1)
+    cm = torch.bincount(targets * n + predicted, minlength=n * n).reshape(n, n)
+    precision, recall, f1 = _scores(cm)
+    support = cm.sum(1)
+    rows = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                "support": int(support[i])} for i, c in enumerate(names)}
+    weights = support.double() / support.sum()
+    known = _known_order(data)
+    top = [{"index": i, "path": _sample_path(_dataset_of(data), i) if known else None,
+            "true": names[int(targets[i])], "predicted": names[int(predicted[i])], "loss": loss,
+            "probability": float(probs[i, predicted[i]])} for loss, i, _ in worst.rows]
+    return ClassificationReport(
+        classes=names, count=len(targets), accuracy=float((predicted == targets).double().mean()),
+        loss=float(losses.double().mean()), per_class=rows,
+        macro_avg={k: float(v.mean()) for k, v in (("precision", precision), ("recall", recall), ("f1", f1))},
+        weighted_avg={k: float((v * weights).sum()) for k, v in
+                      (("precision", precision), ("recall", recall), ("f1", f1))},
+        confusion_matrix=cm.tolist(), top_losses=top, images=tuple(x for _, _, x in worst.rows),
+        stats=(list(stats[0]), list(stats[1])))

@@ -1,0 +1,233 @@
+"""Atomic training checkpoints that load with ``torch.load(weights_only=True)``."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..base import atomic_write, describe
+
+__all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_differences", "optimizer_layout",
+           "write_epoch", "read_resume", "seed_everything",
+           "rng_state", "set_rng_state", "resolve_resume", "LAST", "BEST", "FORMAT"]
+
+LAST = "last.pt"
+BEST = "best.pt"
+_BEST_NEXT = "best.pt.next"
+FORMAT = 2
+_FIELDS = ("epoch", "next", "phase", "model", "optimizer", "optimizer_class", "groups", "scaler", "history",
+           "rng", "best")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and ``random`` (what ``rng_state`` captures)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def rng_state(generators: list[torch.Generator] = ()) -> dict[str, Any]:
+    """Every random state a training epoch draws from, as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state["loaders"] = [g.get_state() for g in generators]
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generators: list[torch.Generator] = ()) -> None:
+    """Restore what ``rng_state`` captured."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for generator, saved in zip(generators, state.get("loaders", [])):
+        generator.set_state(saved)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` with ``torch.save`` to a temporary file, then ``os.replace`` it.
+
+    A crash mid-write leaves the previous checkpoint intact, never a truncated one.
+    """
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from the file).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is empty, truncated or not a torch checkpoint; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (a crash while it was first written?); "
+                         "delete it to start afresh")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({reason}): it is truncated, "
+                         "damaged or not a torch checkpoint; delete it to start afresh") from error
+
+
+def _first(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def model_differences(saved: dict[str, Any], model: nn.Module) -> list[str]:
+    """Where a saved state dict does not fit ``model``: missing, unexpected, other shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != v.shape]
+    return ([f"missing {_first(missing)}"] if missing else []) + \
+        ([f"unexpected {_first(unexpected)}"] if unexpected else []) + \
+        ([f"shape {_first(shapes, 3)}"] if shapes else [])
+
+
+def optimizer_layout(optimizer: torch.optim.Optimizer) -> list[list[Any]]:
+    """What a resumed optimizer must match, per group: ``[name, n_params, lr, weight_decay]``
+    (a resumed run continues with the checkpoint's optimizer state, so other learning rates
+    given to the resumed ``fit`` would silently not apply)."""
+    return [[g.get("name", str(i)), len(g["params"]), g.get("lr"), g.get("weight_decay")]
+            for i, g in enumerate(optimizer.param_groups)]
+
+
+def _check_fields(state: dict[str, Any], where: str) -> None:
+    """The bookkeeping fields have the types and relations a Trainer writes."""
+    epoch, nxt, history, best, rng = state["epoch"], state["next"], state["history"], state["best"], state["rng"]
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, nxt))
+    if not ints or not 1 <= epoch <= nxt or not isinstance(history, list) or not history \
+            or not all(isinstance(r, dict) for r in history) or history[-1].get("epoch") != epoch:
+        raise ValueError(f"{where} has inconsistent epoch bookkeeping (epoch {epoch!r}, next {nxt!r}, "
+                         f"{len(history) if isinstance(history, list) else history!r} history records)")
+    if not isinstance(best, dict) or not {"monitor", "epoch", "key", "stale"} <= set(best):
+        raise ValueError(f"{where} has no valid 'best' record (got {describe(best)})")
+    if not isinstance(rng, dict) or not {"torch", "python", "numpy"} <= set(rng):
+        raise ValueError(f"{where} has no valid random state (got {describe(rng)})")
+
+
+def _optimizer_state_differences(saved: Any, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Per-parameter optimizer state (e.g. Adam's moments) whose shape is not the parameter's."""
+    if not isinstance(saved, dict) or "state" not in saved or "param_groups" not in saved:
+        return ["the optimizer state is not an optimizer state_dict"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    wrong = [f"#{i} {tuple(v.shape)} vs {tuple(params[i].shape)}" for i, entry in saved["state"].items()
+             if isinstance(i, int) and 0 <= i < len(params) and isinstance(entry, dict)
+             for v in entry.values() if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != params[i].shape]
+    return [f"optimizer state shapes {_first(wrong, 3)}"] if wrong else []
+
+
+def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``ValueError`` (naming ``path`` and the first differences) unless ``state`` is a
+    training checkpoint of this library whose model and optimizer fit ``model`` and ``optimizer``.
+    Nothing is loaded: on any mismatch the model and optimizer are untouched."""
+    where = f"checkpoint {str(path)!r}"
+    if not isinstance(state, dict) or "format" not in state:
+        kind = "a plain state_dict" if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{where} is not a transferlearn training checkpoint (it looks like {kind}); "
+                         "load weights with model.load_state_dict, or resume from the last.pt a Trainer wrote")
+    if state["format"] != FORMAT:
+        raise ValueError(f"{where} has format {state['format']!r}; this version reads format {FORMAT}")
+    missing = [k for k in _FIELDS if k not in state]
+    if missing:
+        raise ValueError(f"{where} lacks the fields {missing}")
+    _check_fields(state, where)
+    problems = model_differences(state["model"], model) + _optimizer_state_differences(state["optimizer"], optimizer)
+    if state["optimizer_class"] != type(optimizer).__name__:
+        problems.append(f"optimizer {state['optimizer_class']} vs {type(optimizer).__name__}")
+    if state["groups"] != optimizer_layout(optimizer):
+        problems.append(f"parameter groups {state['groups']} vs {optimizer_layout(optimizer)}")
+    if problems:
+        raise ValueError(f"{where} does not fit this model and optimizer: " + "; ".join(problems) +
+                         ". Nothing was loaded; resume with the same model, head, optimizer and learning-rate "
+                         "layout, or start afresh in another checkpoint_dir")
+
+
+def write_epoch(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                history: list[dict[str, Any]], phase: str, next_epoch: int, generators: list[torch.Generator],
+                best: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
+    """Write the end of an epoch. A new best goes to ``best.pt.next`` first, then ``last.pt``
+    (naming it), then ``best.pt.next`` replaces ``best.pt``: a crash at any point leaves a
+    ``last.pt`` whose best epoch is on disk (``read_resume`` finishes an interrupted swap)."""
+    if best_state is not None:
+        save_checkpoint(directory / _BEST_NEXT, {"epoch": best["epoch"], "model": best_state})
+    save_checkpoint(directory / LAST, {
+        "format": FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "optimizer_class": type(optimizer).__name__, "groups": optimizer_layout(optimizer),
+        "scaler": scaler.state_dict(), "history": history, "rng": rng_state(generators), "best": best})
+    if best_state is not None:
+        os.replace(directory / _BEST_NEXT, directory / BEST)
+
+
+def read_resume(path: Path, *, plan: list[str], model: nn.Module, optimizer: torch.optim.Optimizer,
+                generators: list[torch.Generator] = ()) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Read ``path`` and the best weights it names, checked against this run's model,
+    optimizer and plan of phases; nothing is loaded into the model here."""
+    state = load_checkpoint(path)
+    check_resumable(state, path, model, optimizer)
+    epoch = state["epoch"]
+    if epoch > len(plan) or plan[epoch - 1] != state["phase"] or state["next"] > len(plan):
+        raise ValueError(f"checkpoint {str(path)!r} ended epoch {epoch} in phase {state['phase']!r}, "
+                         f"which does not fit this run's plan of {plan.count('warmup')} warm-up and "
+                         f"{plan.count('finetune')} fine-tune epochs")
+    if len(state["rng"].get("loaders", [])) != len(generators):
+        raise ValueError(f"checkpoint {str(path)!r} saved the states of {len(state['rng'].get('loaders', []))} "
+                         f"random generators of the training loader, this loader has {len(generators)}; resume "
+                         "with the same loader set-up (its generator and its sampler's)")
+    if state["best"]["epoch"] is None:
+        return state, None
+    for name in (BEST, _BEST_NEXT):  # .next: a crash between writing last.pt and the swap
+        best_file = path.parent / name
+        saved = load_checkpoint(best_file) if best_file.is_file() else {}
+        if saved.get("epoch") == state["best"]["epoch"]:
+            problems = model_differences(saved.get("model", {}), model)
+            if problems:
+                raise ValueError(f"{str(best_file)!r} does not fit this model: " + "; ".join(problems))
+            return state, saved["model"]
+    raise ValueError(f"checkpoint {str(path)!r} names epoch {state['best']['epoch']} as the best, but "
+                     f"{str(path.parent / BEST)!r} does not hold it (moved or from another run); start afresh")
+
+
+def resolve_resume(resume: Any, checkpoint_dir: Path | None) -> Path | None:
+    """The checkpoint ``fit(resume=...)`` continues from, or ``None`` for a fresh start.
+
+    ``False``: fresh, and an existing ``last.pt`` is never overwritten silently (error).
+    ``True``: ``checkpoint_dir/last.pt`` if it exists, else fresh. A path: that file.
+    """
+    last = None if checkpoint_dir is None else checkpoint_dir / LAST
+    if resume is False:
+        if last is not None and last.exists():
+            raise ValueError(f"checkpoint_dir already holds {str(last)!r} from an earlier run; pass "
+                             "resume=True to continue it, or move it / choose another checkpoint_dir")
+        return None
+    if resume is True:
+        if last is None:
+            raise ValueError("resume=True needs checkpoint_dir (or pass resume=<path of a checkpoint>)")
+        return last if last.exists() else None
+    if isinstance(resume, (str, os.PathLike)):
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"resume={str(resume)!r} is not a checkpoint file")
+        return Path(resume)
+    raise TypeError(f"resume must be a bool or a checkpoint path, got {describe(resume)}")

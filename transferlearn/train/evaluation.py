@@ -1,0 +1,156 @@
+"""Judge a model: always in eval mode, under inference_mode, every sample counted once."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..base import check_int, check_module, describe, eval_mode, run_device
+from ..data.batches import split_batch
+from ..model.heads import find_head
+from .distributed import Distributed
+from .runtime import Precision
+
+__all__ = ["evaluate", "predict"]
+
+
+def _split_outputs(out: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Main logits and auxiliary logits (inception/googlenet in train mode)."""
+    if isinstance(out, tuple) and hasattr(out, "logits"):
+        aux = [v for k, v in out._asdict().items() if k != "logits" and v is not None]
+        return out.logits, aux
+    return out, []
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """Right answers in a batch, or None when targets are not class indices."""
+    if targets.ndim != 1 or targets.is_floating_point() or logits.ndim != 2:
+        return None
+    return int((logits.argmax(1) == targets).sum())
+
+
+class _Tally:
+    """Running loss sum, correct answers (None once targets are not class indices), count."""
+
+    def __init__(self) -> None:
+        self.loss, self.correct, self.count = 0.0, 0, 0
+
+    def add(self, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        hits = _correct(logits, targets)
+        self.correct = None if hits is None or self.correct is None else self.correct + hits
+        self.loss += loss * len(targets)
+        self.count += len(targets)
+
+    def result(self, empty: str, distributed: Distributed | None = None) -> tuple[float, float | None]:
+        """Mean loss and accuracy, summed over all ranks first when ``distributed``."""
+        loss, correct, count = self.loss, -1.0 if self.correct is None else self.correct, self.count
+        if distributed is not None:
+            loss, correct, count = distributed.sum([loss, correct, count])
+        if count == 0:
+            raise ValueError(empty)
+        return loss / count, None if correct < 0 else correct / count
+
+
+def _eval_batches(model: nn.Module, loader: Any, device: torch.device, precision: Precision | None,
+                  source: str = "loader") -> Iterator[tuple[torch.Tensor, Any]]:
+    """``(logits, targets)`` per batch in eval mode; every module's mode restored after."""
+    cast = precision or Precision(False, device)
+    with eval_mode(model), torch.inference_mode(), cast.autocast():
+        for batch in loader:
+            inputs, targets = split_batch(batch, source=source)
+            logits, _ = _split_outputs(model(inputs.to(device)))
+            yield logits.float(), targets
+
+
+def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None,
+             device: Any = None, precision: Precision | None = None,
+             distributed: Distributed | None = None) -> dict[str, float | None]:
+    """Mean loss and accuracy of ``model`` over every sample of ``loader``.
+
+    Runs in eval mode (Dropout off, BatchNorm on running statistics) under
+    ``torch.inference_mode()``, and puts every module back in the mode it had. The last,
+    partial batch counts like any other; two calls give the same numbers.
+
+    Args:
+        model: the network.
+        loader: yields ``(inputs, targets)`` batches or dicts (see ``batches.split_batch``).
+        criterion: the loss (default ``nn.CrossEntropyLoss()``), assumed to average a batch.
+        device: where to run (default: the model's device).
+        precision: autocast settings (the Trainer passes its own).
+        distributed: under torchrun, each rank evaluates its share and the sums are
+            reduced over ranks (the Trainer passes its own).
+
+    Returns:
+        ``{"loss": float, "accuracy": float or None}`` (None when targets are not class indices).
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: the loader is empty or yields no targets.
+    """
+    check_module("model", model)
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+    device = run_device(model, device)
+    tally = _Tally()
+    if distributed is not None:
+        loader = distributed.shard_eval(loader)
+    for logits, targets in _eval_batches(model, loader, device, precision, "loader"):
+        if targets is None:
+            raise ValueError("evaluate needs a loader of (inputs, targets) batches")
+        targets = targets.to(device)
+        tally.add(float(criterion(logits, targets)), logits, targets)
+    loss, accuracy = tally.result("loader yielded no batches: nothing to evaluate", distributed)
+    return {"loss": loss, "accuracy": accuracy}
+
+
+def _num_outputs(model: nn.Module) -> int:
+    """Width of the model's output, read from its head (for an empty prediction)."""
+    _, head = find_head(model)
+    for attr in ("out_features", "out_channels"):
+        if isinstance(getattr(head, attr, None), int):
+            return getattr(head, attr)
+    last = [m for m in head.modules() if isinstance(getattr(m, "out_features", None), int)]
+    if not last:
+        raise ValueError(f"cannot tell the number of classes of {type(model).__name__} for an empty input")
+    return last[-1].out_features
+
+
+def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any = None,
+            precision: Precision | None = None) -> torch.Tensor:
+    """Class probabilities (softmax over dim 1) in eval mode, returned on the CPU.
+
+    Args:
+        model: the network.
+        data: images shaped (N, C, H, W) or one (C, H, W) as a tensor or numpy array, or a
+            loader (labels ignored).
+        batch_size: chunk size for a tensor input.
+        device: where to run (default: the model's device).
+        precision: autocast settings (the Trainer passes its own).
+
+    Returns:
+        A float tensor (N, num_classes); (0, num_classes) for an empty input.
+
+    Raises:
+        TypeError: ``data`` is neither a tensor nor iterable, or is a path or a string
+            (use ``load_classifier(...).predict`` for files).
+        ValueError: a tensor of the wrong rank, or ``batch_size < 1``.
+    """
+    check_module("model", model)
+    device = run_device(model, device)
+    if isinstance(data, np.ndarray):
+        data = split_batch(data, source="data")[0]
+    if isinstance(data, torch.Tensor):
+        if data.ndim == 3:
+            data = data.unsqueeze(0)
+        if data.ndim != 4:
+            raise ValueError(f"data must be images shaped (N, C, H, W) or (C, H, W), got {tuple(data.shape)}")
+        check_int("batch_size", batch_size, minimum=1)
+        data = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
+    elif isinstance(data, (str, bytes, os.PathLike)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a tensor or an iterable of batches, got {describe(data)}; files are "
+                        "predicted with load_classifier(...).predict(paths), which knows the preprocessing")
+    probs = [logits.softmax(1).cpu() for logits, _ in _eval_batches(model, data, device, precision, "data")]
+    return torch.cat(probs) if probs else torch.empty(0, _num_outputs(model))
