@@ -61,12 +61,14 @@ class Decay:
     """A per-step schedule through the on_step_start seam, recording every step's rates."""
 
     def __init__(self, fail_at_epoch=None):
-        self.steps, self.records, self.fail_at_epoch = 0, [], fail_at_epoch
+        self.steps, self.records, self.base, self.fail_at_epoch = 0, [], [], fail_at_epoch
+
+    def on_phase_start(self, trainer, phase):
+        self.base = [g["lr"] for g in trainer.optimizer.param_groups]  # the rates this phase set
 
     def on_step_start(self, trainer, step):
-        for group in trainer.optimizer.param_groups:
-            group.setdefault("base_lr", group["lr"])
-            group["lr"] = group["base_lr"] * 0.9 ** self.steps
+        for group, base in zip(trainer.optimizer.param_groups, self.base):
+            group["lr"] = base * 0.9 ** self.steps
         self.steps += 1
 
     def on_step_end(self, trainer, step):
@@ -77,10 +79,10 @@ class Decay:
             raise Interrupt  # before this epoch's checkpoint: the run resumes from the one before
 
     def state_dict(self):
-        return {"steps": self.steps, "records": self.records}
+        return {"steps": self.steps, "records": self.records, "base": self.base}
 
     def load_state_dict(self, state):
-        self.steps, self.records = state["steps"], state["records"]
+        self.steps, self.records, self.base = state["steps"], state["records"], state["base"]
 
 
 def decayed_run(path, fail_at_epoch=None, resume=False, cache="auto"):
@@ -89,8 +91,9 @@ def decayed_run(path, fail_at_epoch=None, resume=False, cache="auto"):
     train = DataLoader(separable(48), batch_size=16, shuffle=True)
     val = DataLoader(separable(16, seed=9), batch_size=16)
     history = Trainer(m, seed=3, progress=False, checkpoint_dir=path, callbacks=[decay]).fit(
-        train, val, warmup_epochs=2, finetune_epochs=(1, 2), head_lr=1e-2, backbone_lr=1e-3, unfreeze=(1, None),
-        cache_features=cache, resume=resume)
+        train, val, phases=[Phase("warmup", 2, trains="head", head_lr=1e-2, cache=cache),
+                            Phase("finetune:last1", 1, trains=1, head_lr=1e-2, backbone_lr=1e-3),
+                            Phase("finetune:all", 2, head_lr=5e-3, backbone_lr=5e-4)], resume=resume)
     return m, decay, history
 
 
@@ -99,6 +102,7 @@ def decayed_run(path, fail_at_epoch=None, resume=False, cache="auto"):
 def test_a_stateful_callback_resumes_bitwise(tmp_path, fail_at, cache):
     full_model, full, full_history = decayed_run(tmp_path / "full", cache=cache)
     assert len(full.records) == 5 * 3 and full.records[1][2][0] == pytest.approx(full.records[0][2][0] * 0.9)
+    assert full.records[9][2] == pytest.approx([5e-4 * 0.9 ** 9, 5e-3 * 0.9 ** 9])  # the last phase's rates, decayed
     with pytest.raises(Interrupt):  # a callback's exception stops the run and reaches the caller
         decayed_run(tmp_path / "cut", fail_at_epoch=fail_at, cache=cache)
     saved = load_checkpoint(tmp_path / "cut" / LAST)
@@ -121,7 +125,7 @@ def test_resume_with_other_callbacks_is_refused_before_anything_is_loaded(tmp_pa
                                          r"state are \[\]"):
         Trainer(m, progress=False, checkpoint_dir=tmp_path).fit(
             DataLoader(separable(48), batch_size=16), warmup_epochs=2, finetune_epochs=(1, 2), head_lr=1e-2,
-            backbone_lr=1e-3, unfreeze=(1, None), resume=True)
+            backbone_lr=1e-3, unfreeze=(1, None), resume=True)  # the same layout; only the callbacks differ
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 

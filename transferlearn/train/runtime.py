@@ -34,8 +34,8 @@ def pick_device(device: Any) -> torch.device:
 
 
 def use_channels_last(option: Any, device: torch.device, model: torch.nn.Module) -> bool:
-    """``"auto"``: channels_last on CPU and CUDA for models with 2-D convolutions (measured
-    1.35-1.7x faster for MobileNetV2 on CPU, see docs/performance.md); never on other devices."""
+    """``"auto"``: channels_last on CPU and CUDA for models with 2-D convolutions, where it
+    measured faster (docs/performance.md has the figures); never on other devices."""
     check_choice("channels_last", option, ("auto", True, False))
     if option == "auto":
         return device.type in ("cpu", "cuda") and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
