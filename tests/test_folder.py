@@ -427,7 +427,7 @@ def test_trainer_caches_features_on_the_default_train_split_and_fits(tmp_path):
     from torch import nn
 
     from transferlearn import Trainer
-    from transferlearn.train.settings import use_feature_cache
+    from transferlearn.train.recipe import use_feature_cache
     make_folder(tmp_path, {"a": 5, "b": 5})
     data = load_image_folder(tmp_path, **SMALL)
     train, val = data.loaders(batch_size=4)

@@ -4,60 +4,24 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..base import atomic_write, describe
+from .runtime import rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_differences", "optimizer_layout",
-           "write_epoch", "read_resume", "seed_everything",
-           "rng_state", "set_rng_state", "resolve_resume", "LAST", "BEST", "FORMAT"]
+           "write_epoch", "read_resume", "resolve_resume", "LAST", "BEST", "FORMAT"]
 
 LAST = "last.pt"
 BEST = "best.pt"
 _BEST_NEXT = "best.pt.next"
 FORMAT = 2
 _FIELDS = ("epoch", "next", "phase", "model", "optimizer", "optimizer_class", "groups", "scaler", "history",
-           "rng", "best")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and ``random`` (what ``rng_state`` captures)."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def rng_state(generators: list[torch.Generator] = ()) -> dict[str, Any]:
-    """Every random state a training epoch draws from, as weights_only-loadable values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    state["loaders"] = [g.get_state() for g in generators]
-    return state
-
-
-def set_rng_state(state: dict[str, Any], generators: list[torch.Generator] = ()) -> None:
-    """Restore what ``rng_state`` captured."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, gauss_np = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    for generator, saved in zip(generators, state.get("loaders", [])):
-        generator.set_state(saved)
+           "rng", "best")  # and, optional (written when a callback has state): "callbacks"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -138,10 +102,12 @@ def _optimizer_state_differences(saved: Any, optimizer: torch.optim.Optimizer) -
     return [f"optimizer state shapes {_first(wrong, 3)}"] if wrong else []
 
 
-def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    layout_at: Callable[[int], list[list[Any]]] | None = None) -> None:
     """Raise ``ValueError`` (naming ``path`` and the first differences) unless ``state`` is a
     training checkpoint of this library whose model and optimizer fit ``model`` and ``optimizer``.
-    Nothing is loaded: on any mismatch the model and optimizer are untouched."""
+    ``layout_at(epoch)``: the parameter groups this run has after ``epoch`` (default: the
+    optimizer's now). Nothing is loaded: on any mismatch the model and optimizer are untouched."""
     where = f"checkpoint {str(path)!r}"
     if not isinstance(state, dict) or "format" not in state:
         kind = "a plain state_dict" if isinstance(state, dict) else type(state).__name__
@@ -156,8 +122,9 @@ def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.o
     problems = model_differences(state["model"], model) + _optimizer_state_differences(state["optimizer"], optimizer)
     if state["optimizer_class"] != type(optimizer).__name__:
         problems.append(f"optimizer {state['optimizer_class']} vs {type(optimizer).__name__}")
-    if state["groups"] != optimizer_layout(optimizer):
-        problems.append(f"parameter groups {state['groups']} vs {optimizer_layout(optimizer)}")
+    layout = optimizer_layout(optimizer) if layout_at is None else layout_at(state["epoch"])
+    if state["groups"] != layout:
+        problems.append(f"parameter groups {state['groups']} vs {layout}")
     if problems:
         raise ValueError(f"{where} does not fit this model and optimizer: " + "; ".join(problems) +
                          ". Nothing was loaded; resume with the same model, head, optimizer and learning-rate "
@@ -166,32 +133,42 @@ def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.o
 
 def write_epoch(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
                 history: list[dict[str, Any]], phase: str, next_epoch: int, generators: list[torch.Generator],
-                best: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
+                best: dict[str, Any], best_state: dict[str, torch.Tensor] | None,
+                groups: list[list[Any]] | None = None, callbacks: list[list[Any]] | None = None) -> None:
     """Write the end of an epoch. A new best goes to ``best.pt.next`` first, then ``last.pt``
     (naming it), then ``best.pt.next`` replaces ``best.pt``: a crash at any point leaves a
-    ``last.pt`` whose best epoch is on disk (``read_resume`` finishes an interrupted swap)."""
+    ``last.pt`` whose best epoch is on disk (``read_resume`` finishes an interrupted swap).
+    ``groups``: the layout a resume must match (default ``optimizer_layout(optimizer)``);
+    ``callbacks``: ``[[name, state], ...]`` of the callbacks with state (the optional field)."""
     if best_state is not None:
         save_checkpoint(directory / _BEST_NEXT, {"epoch": best["epoch"], "model": best_state})
-    save_checkpoint(directory / LAST, {
-        "format": FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "optimizer_class": type(optimizer).__name__, "groups": optimizer_layout(optimizer),
-        "scaler": scaler.state_dict(), "history": history, "rng": rng_state(generators), "best": best})
+    state = {"format": FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "optimizer_class": type(optimizer).__name__,
+             "groups": optimizer_layout(optimizer) if groups is None else groups,
+             "scaler": scaler.state_dict(), "history": history, "rng": rng_state(generators), "best": best}
+    if callbacks:
+        state["callbacks"] = callbacks
+    save_checkpoint(directory / LAST, state)
     if best_state is not None:
         os.replace(directory / _BEST_NEXT, directory / BEST)
 
 
 def read_resume(path: Path, *, plan: list[str], model: nn.Module, optimizer: torch.optim.Optimizer,
-                generators: list[torch.Generator] = ()) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+                generators: list[torch.Generator] = (), plan_text: str | None = None,
+                layout_at: Callable[[int], list[list[Any]]] | None = None,
+                ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Read ``path`` and the best weights it names, checked against this run's model,
-    optimizer and plan of phases; nothing is loaded into the model here."""
+    optimizer and ``plan`` (the phase name of each epoch; ``plan_text`` says it in words);
+    nothing is loaded into the model here. ``layout_at``: see ``check_resumable``."""
     state = load_checkpoint(path)
-    check_resumable(state, path, model, optimizer)
-    epoch = state["epoch"]
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    fits = isinstance(epoch, int) and 1 <= epoch <= len(plan)
+    check_resumable(state, path, model, optimizer, layout_at=layout_at if fits else None)
     if epoch > len(plan) or plan[epoch - 1] != state["phase"] or state["next"] > len(plan):
+        words = plan_text or f"{plan.count('warmup')} warm-up and {plan.count('finetune')} fine-tune epochs"
         raise ValueError(f"checkpoint {str(path)!r} ended epoch {epoch} in phase {state['phase']!r}, "
-                         f"which does not fit this run's plan of {plan.count('warmup')} warm-up and "
-                         f"{plan.count('finetune')} fine-tune epochs")
+                         f"which does not fit this run's plan of {words}")
     if len(state["rng"].get("loaders", [])) != len(generators):
         raise ValueError(f"checkpoint {str(path)!r} saved the states of {len(state['rng'].get('loaders', []))} "
                          f"random generators of the training loader, this loader has {len(generators)}; resume "

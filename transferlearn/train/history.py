@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterator, overload
 
+from ..base import atomic_write
+
 __all__ = ["History", "plot_history"]
 
 _LR = "lr:"
@@ -70,7 +72,7 @@ class History(Sequence):
         written to ``path`` when given."""
         text = json.dumps(_finite(self._records), indent=1, allow_nan=False)
         if path is not None:
-            Path(path).write_text(text)
+            _write(path, text)
         return text
 
     @classmethod
@@ -78,7 +80,7 @@ class History(Sequence):
         """Read what ``to_json`` wrote: a JSON string or a path to a file."""
         text = str(source)
         if not text.lstrip().startswith("["):
-            text = Path(source).read_text()
+            text = Path(source).read_text(encoding="utf-8")
         return cls(json.loads(text))
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
@@ -92,7 +94,7 @@ class History(Sequence):
         writer.writeheader()
         writer.writerows(rows)
         if path is not None:
-            Path(path).write_text(out.getvalue())
+            _write(path, out.getvalue())
         return out.getvalue()
 
     @classmethod
@@ -100,8 +102,13 @@ class History(Sequence):
         """Read what ``to_csv`` wrote: CSV text or a path to a file."""
         text = str(source)
         if "\n" not in text:
-            text = Path(source).read_text()
+            text = Path(source).read_text(encoding="utf-8")
         return cls([_unflatten(row) for row in csv.DictReader(io.StringIO(text))])
+
+
+def _write(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: a crash mid-write leaves the old file whole."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _finite(value: Any) -> Any:
@@ -191,7 +198,7 @@ def plot_history(history: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[
             for split in splits:
                 name = split if label == "" else f"{label} ({split})"
                 ax.plot(epochs, _series(run, f"{split}_{metric}"), marker="o", label=name)
-            switch = [r["epoch"] for r in run if r["phase"] == "finetune"]
+            switch = [r["epoch"] for r in run if r["phase"] != run[0]["phase"]]  # the first phase change
             if label == "" and switch and switch[0] > epochs[0]:
                 ax.axvline(switch[0] - 0.5, linestyle=":", color="grey", label="fine-tune starts")
         ax.set_xlabel("epoch")

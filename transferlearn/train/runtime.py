@@ -1,16 +1,20 @@
-"""Device choice, mixed precision and progress display for the Trainer."""
+"""Device choice, randomness (seeding, saved random states), mixed precision and progress display
+for the Trainer."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from ..base import check_choice, describe
 
-__all__: list[str] = []
+__all__ = ["pick_device", "use_channels_last", "memory_layout", "seed_everything", "rng_state", "set_rng_state",
+           "Precision", "Progress"]
 
 
 def pick_device(device: Any) -> torch.device:
@@ -30,8 +34,8 @@ def pick_device(device: Any) -> torch.device:
 
 
 def use_channels_last(option: Any, device: torch.device, model: torch.nn.Module) -> bool:
-    """``"auto"``: channels_last on CPU and CUDA for models with 2-D convolutions (measured
-    1.35-1.7x faster for MobileNetV2 on CPU, see docs/performance.md); never on other devices."""
+    """``"auto"``: channels_last on CPU and CUDA for models with 2-D convolutions, where it
+    measured faster (docs/performance.md has the figures); never on other devices."""
     check_choice("channels_last", option, ("auto", True, False))
     if option == "auto":
         return device.type in ("cpu", "cuda") and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -54,6 +58,40 @@ def memory_layout(model: torch.nn.Module, channels_last: bool) -> Iterator[bool]
         yield True
     finally:
         model.to(memory_format=torch.contiguous_format)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and ``random`` (what ``rng_state`` captures)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def rng_state(generators: Iterable[torch.Generator] = ()) -> dict[str, Any]:
+    """Every random state a training epoch draws from, as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state["loaders"] = [g.get_state() for g in generators]
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generators: Iterable[torch.Generator] = ()) -> None:
+    """Restore what ``rng_state`` captured."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for generator, saved in zip(generators, state.get("loaders", [])):
+        generator.set_state(saved)
 
 
 class Precision:

@@ -1,11 +1,9 @@
-"""A thin training loop over the building blocks: head warm-up, then fine-tuning.
+"""A thin training loop over the building blocks, running a ``Recipe``'s phases top to bottom.
 
-Phase 1 (``warmup``): ``freeze_backbone`` + ``freeze_bn_running_stats``; only the head
-learns, and when the data is deterministic the backbone runs once and the head trains on
-cached features. Phase 2 (``finetune``): ``unfreeze`` (all, or the last N layer groups)
-with the differential learning rates of ``param_groups``; BatchNorm statistics pinned,
-adapting, or pinned in the early stages only. One optimizer is built over all parameters
-before the warm-up; frozen parameters have no gradient, so it skips them until unfrozen.
+The default recipe is the two-phase fit (head warm-up, then fine-tuning); gradual unfreezing
+is a longer list of phases. One optimizer over all parameters serves every phase. Callbacks
+step in at a few hooks (``callbacks.py``); the guards against non-finite numbers and unfit
+checkpoints stay here, before any callback. See docs/trainer.md.
 """
 
 from __future__ import annotations
@@ -14,33 +12,30 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..base import check_bool, check_choice, check_float, check_head_name, check_module, check_seed, describe
+from ..base import check_bool, check_float, check_head_name, check_module, check_seed, describe
 from ..data.batches import split_batch
-from ..model.freezing import set_phase
 from ..model.heads import find_head
-from ..model.optim import param_groups
 from . import checkpoint as ckpt
+from .callbacks import Step, check_callbacks
 from .distributed import Distributed
 from .evaluation import _split_outputs, _Tally, evaluate, predict
-from .feature_cache import FeatureCache, cached_step_module, warmup_caches
+from .feature_cache import cached_step_module
 from .history import History
-from .loaders import loader_generators
-from .runtime import Precision, Progress, memory_layout, pick_device, use_channels_last
-from .selection import BestEpoch
-from .settings import UNSET as _UNSET
-from .settings import caching_plan, fit_settings
+from .recipe import DEFAULT, Phase, Recipe
+from .run import Run
+from .runtime import Precision, Progress, memory_layout, pick_device, seed_everything, use_channels_last
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
 
 
 class Trainer:
-    """Train a pretrained model in two phases with the transfer-learning pitfalls handled.
+    """Train a pretrained model phase by phase with the transfer-learning pitfalls handled.
 
     Args:
         model: the network, with its new head already in place (``replace_head``).
@@ -57,14 +52,13 @@ class Trainer:
         criterion: the loss (default ``nn.CrossEntropyLoss()``).
         optimizer: a callable taking parameter groups (default ``torch.optim.AdamW``).
         aux_weight: weight of auxiliary-head losses (inception_v3, googlenet).
-        channels_last: run convolutions in the channels_last memory layout during ``fit``,
-            ``evaluate`` and ``predict`` (the model is given back in its own layout after
-            each): ``"auto"`` (on CPU and CUDA for convolutional models, where it measured
-            faster), ``True`` or ``False``.
-        compile: train through ``torch.compile(model)`` (recompiled at each phase switch;
-            not on cached features). Opt-in: on 2 CPU cores compiling MobileNetV2 took
-            130-194 s for a 1.12x faster step (0.85x with channels_last), paying off only
-            after ~3,000 steps (docs/performance.md).
+        channels_last: channels_last memory layout during ``fit``, ``evaluate`` and ``predict``
+            (the model given back in its own layout): ``"auto"`` (CPU and CUDA, convolutional
+            models), ``True`` or ``False`` (docs/performance.md).
+        compile: train through ``torch.compile(model)`` (per phase; not on cached features).
+            Opt-in: it pays off only after thousands of steps (docs/performance.md).
+        callbacks: objects with any of the hooks of ``callbacks.py`` (docs/trainer.md); their
+            ``state_dict()`` goes into checkpoints and comes back on resume.
 
     Example:
         >>> trainer = Trainer(load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=5))
@@ -77,19 +71,16 @@ class Trainer:
                  amp: bool | str = False, grad_clip: float | None = None, progress: bool | str = True,
                  seed: int | None = None, checkpoint_dir: str | Path | None = None,
                  criterion: Callable | None = None, optimizer: Callable | None = None,
-                 aux_weight: float = 0.4, channels_last: bool | str = "auto", compile: bool = False) -> None:
+                 aux_weight: float = 0.4, channels_last: bool | str = "auto", compile: bool = False,
+                 callbacks: Sequence[Any] = ()) -> None:
         check_module("model", model)
         self.head = check_head_name(head)
         find_head(model, head=head)  # fail now, not after an epoch
         self.dist = Distributed()
         self.device = self.dist.setup(pick_device(device))
         self.model = model.to(self.device)
-        self._forward: nn.Module = self.model  # the model, or its DDP wrapper under torchrun
-        self._running: nn.Module = self.model  # what a step runs: the model, or (cached) the head and its Dropout
-        self._trainable: list[tuple[str, torch.Tensor]] = []  # set per phase: what the optimizer moves
         self.precision = Precision(amp, self.device)
         self.channels_last = use_channels_last(channels_last, self.device, self.model)
-        self._nhwc = False
         self.compile = check_bool("compile", compile)
         self.grad_clip = None if grad_clip is None else check_float("grad_clip", grad_clip, strict=True)
         self.progress = Progress(progress if self.dist.is_main else False)
@@ -100,40 +91,42 @@ class Trainer:
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.make_optimizer = optimizer if optimizer is not None else torch.optim.AdamW
         self.aux_weight = check_float("aux_weight", aux_weight)
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.callbacks = check_callbacks(callbacks)
+        self.optimizer: torch.optim.Optimizer | None = None  # results of the last fit, read-only
         self.history = History()
 
-    # ----------------------------------------------------------------------------- fit
-    def fit(self, train_loader: Any, val_loader: Any = None, *, warmup_epochs: int = _UNSET,
-            finetune_epochs: int = _UNSET, head_lr: float = _UNSET, backbone_lr: Any = _UNSET,
-            weight_decay: float = _UNSET, freeze_bn: bool | str = _UNSET, unfreeze: int | None = _UNSET,
+    def fit(self, train_loader: Any, val_loader: Any = None, *, warmup_epochs: int = DEFAULT,
+            finetune_epochs: int = DEFAULT, head_lr: float = DEFAULT, backbone_lr: Any = DEFAULT,
+            weight_decay: float = DEFAULT, freeze_bn: bool | str = DEFAULT, unfreeze: int | None = DEFAULT,
             cache_features: bool | str = "auto", strategy: Strategy | None = None,
             resume: bool | str | Path = False, monitor: str = "val_loss", patience: int | None = None,
-            restore_best: bool = True) -> History:
-        """Warm the head up with the backbone frozen, then fine-tune; return the history.
+            restore_best: bool = True, phases: Sequence[Phase] | None = None) -> History:
+        """Run the recipe's phases (by default: warm the head up, then fine-tune); return the history.
 
-        Defaults: ``warmup_epochs=2, finetune_epochs=3, head_lr=1e-3, backbone_lr=None``
-        (head/10), ``weight_decay=0, freeze_bn=True, unfreeze=None`` (all). A ``strategy``
-        supplies these settings; arguments given explicitly win over it. ``freeze_bn`` is
-        ``True``, ``False`` or ``"early"`` (first half of the backbone pinned).
-        ``cache_features``: ``"auto"`` caches warm-up features when the training data is
-        deterministic (``features.is_deterministic``) and its batches can be replayed (a
-        DataLoader over a map-style dataset with the default collate), ``True`` forces (an
-        error when they cannot be replayed), ``False`` never. The cache replays the loader's own
-        sampler or batch_sampler every epoch, so a subset, weighted or batch sampler trains on
-        exactly what it would draw uncached.
-        ``resume``: ``True`` continues from ``checkpoint_dir/last.pt`` if present,
-        a path continues from that file; the checkpoint is checked against the model and
-        optimizer before anything is loaded.
-        With ``val_loader``, the model ends with the weights of the best epoch by ``monitor``
-        (``"val_loss"``, lower is better; or ``"val_accuracy"``, ties to the lower loss; the
-        earliest of equal epochs) unless ``restore_best=False``; ``patience=N`` ends a phase
-        after N epochs without a new best. See ``selection``.
+        A ``strategy`` supplies the recipe's settings; arguments given explicitly win over it.
+        Every option in detail: docs/trainer.md.
+
+        Args:
+            train_loader: batches of ``(inputs, targets)``.
+            val_loader: validation batches (the best epoch is kept), or None.
+            warmup_epochs: head-only epochs, backbone frozen (default 2).
+            finetune_epochs: fine-tune epochs (default 3); with an ``unfreeze`` tuple, per phase.
+            head_lr: learning rate of the head (default 1e-3).
+            backbone_lr: None (head_lr / 10), a float, or a ``(low, high)`` pair over the stages.
+            weight_decay: decay of weight matrices and kernels (default 0).
+            freeze_bn: fine-tune BatchNorm statistics pinned (True), adapting (False) or ``"early"``.
+            unfreeze: None (all), the last N stages, or a tuple such as ``(1, 3, None)``: gradual.
+            cache_features: warm up on cached features: ``"auto"``, True or False.
+            strategy: a ``Strategy`` (``recommend_strategy``).
+            resume: True (``checkpoint_dir/last.pt``) or a checkpoint path; checked first.
+            monitor: ``"val_loss"`` or ``"val_accuracy"``, ranks the epochs.
+            patience: end a phase after this many epochs without a new best.
+            restore_best: end with the best epoch's weights (default True).
+            phases: ``[Phase(...), ...]`` instead of the epoch/rate/freezing arguments above.
 
         Returns:
-            The ``History``, one record per epoch (also kept as ``trainer.history``); with
-            validation, the best epoch's record has ``best=True``. The model is left in eval
-            mode, with the last phase's trainable parameters and BatchNorm policy.
+            The ``History`` (also ``trainer.history``); with validation the best epoch's record
+            has ``best=True``. The model is left in eval mode, in the last phase's state.
 
         Raises:
             TypeError: a setting of the wrong type.
@@ -141,83 +134,85 @@ class Trainer:
             FileNotFoundError: the ``resume`` path is missing.
             FloatingPointError: a non-finite loss, gradient norm, validation loss or weight
                 (the run stops; the last checkpoint stays the last good one).
+
+        Example:
+            >>> history = trainer.fit(train_loader, val_loader, unfreeze=(1, 2, None), finetune_epochs=2)
+            >>> [r["phase"] for r in history][:3]
+            ['warmup', 'warmup', 'finetune:last1']
         """
-        explicit = {"warmup_epochs": warmup_epochs, "finetune_epochs": finetune_epochs, "head_lr": head_lr,
-                    "backbone_lr": backbone_lr, "weight_decay": weight_decay, "freeze_bn": freeze_bn,
-                    "unfreeze": unfreeze}
-        cfg = fit_settings(strategy, {k: v for k, v in explicit.items() if v is not _UNSET})
-        caching = caching_plan(cache_features, train_loader, val_loader, cfg["warmup_epochs"])
-        check_choice("restore_best", restore_best, (True, False))
-        best = BestEpoch(monitor, patience, validating=val_loader is not None)
-        with memory_layout(self.model, self.channels_last) as self._nhwc:
-            history = self._run(cfg, train_loader, val_loader, resume, best, caching)
-        self._finish(history, best, restore_best and val_loader is not None)
-        return history
+        recipe = Recipe.from_fit(strategy, phases, cache_features=cache_features, weight_decay=weight_decay,
+                                 monitor=monitor, patience=patience, restore_best=restore_best,
+                                 warmup_epochs=warmup_epochs, finetune_epochs=finetune_epochs, head_lr=head_lr,
+                                 backbone_lr=backbone_lr, freeze_bn=freeze_bn, unfreeze=unfreeze)
+        run = Run(self, recipe, train_loader, val_loader)
+        with memory_layout(self.model, self.channels_last) as run.nhwc:
+            self._run(run, resume)
+        self._finish(run)
+        return run.history
 
-    def _run(self, cfg: dict[str, Any], train_loader: Any, val_loader: Any, resume: Any, best: BestEpoch,
-             caching: tuple[bool, bool, bool]) -> History:
-        """The loop: seed, optimizer, resume, then epoch after epoch through the plan."""
-        use_cache, cache_val, forced = caching
+    def _run(self, run: Run, resume: Any) -> None:
+        """The loop: seed, optimizer, resume, then the phases' epochs top to bottom."""
         if self.seed is not None:
-            ckpt.seed_everything(self.seed)
-        self.optimizer = self.make_optimizer(param_groups(
-            self.model, head_lr=cfg["head_lr"], backbone_lr=cfg["backbone_lr"],
-            weight_decay=cfg["weight_decay"], head=self.head))
-        plan = ["warmup"] * cfg["warmup_epochs"] + ["finetune"] * cfg["finetune_epochs"]
-        train_loader = self.dist.shard_train(train_loader, seed=self.seed)
-        generators = loader_generators(train_loader)
-        history, epoch = self._restore(resume, plan, generators, best)
-        cache, val_cache, entered = None, None, None
-        while epoch < len(plan):
-            phase = plan[epoch]
-            warm = phase == "warmup"
-            if warm and (use_cache or cache_val) and cache is None and val_cache is None:
-                cache, val_cache = warmup_caches(
-                    self.model, train_loader if use_cache else None, val_loader if cache_val else None,
-                    forced=forced, dist=self.dist, head=self.head, device=self.device, precision=self.precision)
-                use_cache, cache_val = cache is not None, val_cache is not None  # built once, or never
-            if entered != phase:
-                new = epoch == 0 or plan[epoch - 1] != phase  # not when resuming inside a phase
-                entered = self._enter_phase(phase, cfg, cached=use_cache and warm, best=best, new=new)
-            self.dist.set_epoch(train_loader, epoch)
-            record = self._epoch(epoch, plan, train_loader, val_loader, cache if warm else None,
-                                 val_cache if warm else None)
-            if val_loader is not None:
-                best.update(record, self.model)  # the record's ``best`` flag is set once, at the end
-            epoch += 1
-            if best.should_stop():
-                record["stopped_early"] = True
-                epoch = plan.index("finetune", epoch) if phase == "warmup" and "finetune" in plan[epoch:] \
-                    else len(plan)
-            history.append(record)
-            self.progress.epoch(record, len(plan))
-            self._save(epoch, phase, history, generators, best)
-        if entered is None:  # a finished run resumed: leave the model as that run left it
-            self._enter_phase(plan[-1], cfg, cached=False, best=best, new=False)
-        return history
+            seed_everything(self.seed)
+        run.start(self.make_optimizer, self.dist.shard_train(run.train_loader, seed=self.seed))
+        self.optimizer = run.optimizer
+        run.restore(ckpt.resolve_resume(resume, self.checkpoint_dir))  # checked before anything is loaded
+        self.history = run.history
+        run.hooks("on_fit_start")
+        while run.epoch < run.recipe.epochs:
+            if run.entered != run.recipe.plan[run.epoch]:
+                self._enter_phase(run, run.recipe.plan[run.epoch])
+            self.dist.set_epoch(run.train_loader, run.epoch)
+            record = self._epoch(run)
+            self._check_weights(run, record)
+            run.history.append(record)
+            run.hooks("on_epoch_end", run.history[-1])  # the best epoch, patience, progress, yours
+            run.epoch = run.next_epoch()
+            self._save(run.epoch, run)
+        if run.entered is None:  # a finished run resumed: leave the model as that run left it
+            self._enter_phase(run, run.recipe.plan[-1], resumed=True)
 
-    def _finish(self, history: History, best: BestEpoch, restore: bool) -> None:
+    def _finish(self, run: Run) -> None:
+        best = run.best
         if best.epoch is not None:
-            history.mark_best(best.epoch)
-            if restore and best.state is not None:
+            run.history.mark_best(best.epoch)
+            if run.recipe.restore_best and run.val_loader is not None and best.state is not None:
                 self.model.load_state_dict(best.state)
         self.model.eval()  # ready for inference: no one forgets eval() after fit
-        self.history = history
+        self.history = run.history
+        run.hooks("on_fit_end", run.history)
 
-    def _epoch(self, epoch: int, plan: list[str], train_loader: Any, val_loader: Any,
-               cache: FeatureCache | None, val_cache: FeatureCache | None) -> dict[str, Any]:
-        """Train one epoch (on cached features when given), validate (the head alone on cached
-        validation features while the backbone is frozen), return its record."""
+    def _enter_phase(self, run: Run, index: int, resumed: bool = False) -> None:
+        """Put the model in phase ``index``'s state (``resumed``: as a finished run left it, no
+        caches); ``on_phase_start`` when the phase begins (not when a run resumes inside it)."""
+        phase = run.recipe.phases[index]
+        if not resumed:
+            run.prepare_caches(index, dist=self.dist, device=self.device, precision=self.precision)
+        run.forward = self.model  # drop an old DDP wrapper before the trainable set changes
+        phase.apply(self.model, **run.structure)
+        run.set_rates(phase)
+        # DDP syncs what is trainable when it is built: the head alone on cached features
+        run.running = cached_step_module(self.model, **run.structure) if run.cached else self.model
+        run.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        run.forward = self.dist.wrap(run.running, self.device)
+        if self.compile and not run.cached:
+            run.forward = torch.compile(run.forward)
+        run.entered = index
+        if not resumed and run.epoch == run.recipe.first_epoch(index):
+            run.hooks("on_phase_start", phase)
+
+    def _epoch(self, run: Run) -> dict[str, Any]:
+        """Train one epoch (on cached features when the phase has them), validate (the head
+        alone on cached validation features while the backbone is fixed), return its record."""
         began = time.perf_counter()
-        phase = plan[epoch]
-        where = f"epoch {epoch + 1}/{len(plan)} {phase}"
-        loss, accuracy = self._train_epoch(train_loader, cache, where)
+        phase = run.phase
+        where = f"epoch {run.epoch + 1}/{run.recipe.epochs} {phase.name}"
+        loss, accuracy = self._train_epoch(run, phase, where)
         self.dist.sync_buffers(self.model)
-        record = {"epoch": epoch + 1, "phase": phase, "train_loss": loss, "train_accuracy": accuracy,
-                  "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
-                         if any(p.requires_grad for p in g["params"])}}
-        if val_loader is not None:
-            scores = self._validate(val_loader, val_cache)
+        record = {"epoch": run.epoch + 1, "phase": phase.name, "train_loss": loss, "train_accuracy": accuracy,
+                  "lr": run.lrs()}
+        if run.val_loader is not None:
+            scores = self._validate(run)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
             if not math.isfinite(scores["loss"]):
                 raise FloatingPointError(f"non-finite validation loss {scores['loss']} in {where}: val_loader yields "
@@ -226,72 +221,54 @@ class Trainer:
         record["seconds"] = time.perf_counter() - began
         return record
 
-    def _validate(self, val_loader: Any, val_cache: FeatureCache | None) -> dict[str, float | None]:
-        if val_cache is None:
-            return self.evaluate(val_loader)
-        return evaluate(self._head_module(), val_cache.batches(val_loader), criterion=self.criterion,
+    def _validate(self, run: Run) -> dict[str, float | None]:
+        if not run.val_cached:
+            return self.evaluate(run.val_loader)
+        return evaluate(run.head_module(), run.val_cache.batches(run.val_loader), criterion=self.criterion,
                         device=self.device, precision=self.precision)
 
-    def _head_module(self) -> nn.Module:
-        return find_head(self.model, head=self.head)[1]
-
-    # -------------------------------------------------------------------------- phases
-    def _enter_phase(self, phase: str, cfg: dict[str, Any], cached: bool, best: BestEpoch, new: bool) -> str:
-        self._forward = self.model  # drop an old DDP wrapper before the trainable set changes
-        if new:
-            best.new_phase()
-        set_phase(self.model, phase, last=cfg["unfreeze"], freeze_bn=cfg["freeze_bn"], head=self.head)
-        # DDP syncs what is trainable when it is built: the head alone on cached features
-        self._running = cached_step_module(self.model, self.head) if cached else self.model
-        self._trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self._forward = self.dist.wrap(self._running, self.device)
-        if self.compile and not cached:
-            self._forward = torch.compile(self._forward)
-        return phase
-
-    # ---------------------------------------------------------------------------- loop
-    def _train_epoch(self, loader: Any, cache: FeatureCache | None, where: str) -> tuple[float, float | None]:
-        self._running.train()  # on cached features only the head runs; the backbone's modes do not matter
-        if cache is not None:
-            batches: Any = cache.batches(loader)
-            total = len(loader.batch_sampler) if hasattr(loader.batch_sampler, "__len__") else None
-        else:
-            batches = loader
-            try:
-                total = len(loader)
-            except TypeError:  # an IterableDataset or a batch_sampler without a length
-                total = None
-        trainable = [p for _, p in self._trainable]
+    def _train_epoch(self, run: Run, phase: Phase, where: str) -> tuple[float, float | None]:
+        run.running.train()  # on cached features only the head runs; the backbone's modes do not matter
+        batches, total = run.batches()
+        stepping = run.hooks.has("on_step_start") or run.hooks.has("on_step_end")
         tally = _Tally()
         for step, batch in enumerate(self.progress.batches(batches, total, where)):
             inputs, targets = split_batch(batch, source="train_loader")
             if targets is None:
                 raise ValueError("train_loader must yield (inputs, targets) batches")
             inputs, targets = inputs.to(self.device), targets.to(self.device)
-            if self._nhwc and inputs.ndim == 4:
+            if run.nhwc and inputs.ndim == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with self.precision.autocast():
-                logits, aux = _split_outputs(self._forward(inputs))
-                loss = self.criterion(logits, targets)
-                if aux:  # inception_v3 / googlenet in train mode
-                    loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
+            if stepping:
+                run.hooks("on_step_start", Step(phase, run.epoch + 1, step))
+            logits, loss = self._loss(run, inputs, targets)
             value = float(loss.detach())
             self._check_finite(math.isfinite(value), f"loss {value}", where, step)
-            self._step(loss, trainable, where, step)
+            self._step(run, loss, where, step)
             tally.add(value, logits, targets)
+            if stepping:
+                run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value))
         return tally.result("train_loader yielded no batches", self.dist)
 
-    def _step(self, loss: torch.Tensor, trainable: list[torch.Tensor], where: str, step: int) -> None:
+    def _loss(self, run: Run, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.precision.autocast():
+            logits, aux = _split_outputs(run.forward(inputs))
+            loss = self.criterion(logits, targets)
+            if aux:  # inception_v3 / googlenet in train mode
+                loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
+        return logits, loss
+
+    def _step(self, run: Run, loss: torch.Tensor, where: str, step: int) -> None:
         """Backward, optional clipping (a non-finite norm stops the run unless a GradScaler is
         handling fp16 overflow), optimizer step."""
-        self.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         scaler = self.precision.scaler
         scaler.scale(loss).backward()
         if self.grad_clip is not None:
-            scaler.unscale_(self.optimizer)
-            norm = float(torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip))
+            scaler.unscale_(run.optimizer)
+            norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in run.trainable], self.grad_clip))
             self._check_finite(math.isfinite(norm) or scaler.is_enabled(), f"gradient norm {norm}", where, step)
-        scaler.step(self.optimizer)
+        scaler.step(run.optimizer)
         scaler.update()
 
     def _check_finite(self, finite: bool, what: str, where: str, step: int) -> None:
@@ -303,7 +280,14 @@ class Trainer:
                 f"the run stops before the optimizer step{kept}. Look for NaN/inf in the inputs or targets, or "
                 "lower the learning rate (or set grad_clip)")
 
-    # ---------------------------------------------------------------------- evaluation
+    def _check_weights(self, run: Run, record: dict[str, Any]) -> None:
+        # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)
+        bad = [n for n, p in run.trainable if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(f"non-finite weights after epoch {record['epoch']} ({', '.join(bad[:3])}); "
+                                     "the run stops and no checkpoint is written. Lower the learning rate "
+                                     "or set grad_clip")
+
     def evaluate(self, loader: Any) -> dict[str, float | None]:
         """Mean loss and accuracy over every sample of ``loader``; see ``evaluation.evaluate``."""
         with memory_layout(self.model, self.channels_last):
@@ -315,33 +299,11 @@ class Trainer:
         with memory_layout(self.model, self.channels_last):
             return predict(self.model, data, batch_size=batch_size, device=self.device, precision=self.precision)
 
-    # --------------------------------------------------------------------- checkpoints
-    def _save(self, next_epoch: int, phase: str, history: History, generators: list, best: BestEpoch) -> None:
-        # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)
-        bad = [n for n, p in self._trainable if not bool(torch.isfinite(p).all())]
-        if bad:
-            raise FloatingPointError(f"non-finite weights after epoch {history[-1]['epoch']} ({', '.join(bad[:3])}); "
-                                     "the run stops and no checkpoint is written. Lower the learning rate "
-                                     "or set grad_clip")
-        if self.checkpoint_dir is None:
+    def _save(self, next_epoch: int, run: Run) -> None:
+        """The built-in ``Checkpoints`` callback, after every other callback's ``on_epoch_end``
+        (so their state is this epoch's); rank 0 alone writes, the others wait for the files."""
+        if run.checkpoints is None:
             return
-        if self.dist.is_main:  # rank 0 alone writes; the others wait for the files
-            ckpt.write_epoch(self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
-                             scaler=self.precision.scaler, history=history.records(), phase=phase,
-                             next_epoch=next_epoch, generators=generators, best=best.summary(),
-                             best_state=best.state if best.epoch == history[-1]["epoch"] else None)
+        if self.dist.is_main:
+            run.checkpoints.write(run, next_epoch)
         self.dist.barrier()
-
-    def _restore(self, resume: Any, plan: list[str], generators: list, best: BestEpoch) -> tuple[History, int]:
-        """Continue from a checkpoint: checked against this run before anything is loaded."""
-        path = ckpt.resolve_resume(resume, self.checkpoint_dir)
-        if path is None:
-            return History(), 0
-        state, best_state = ckpt.read_resume(path, plan=plan, model=self.model, optimizer=self.optimizer,
-                                             generators=generators)
-        best.restore(state["best"], best_state)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.precision.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"], generators)
-        return History(state["history"]), state["next"]
