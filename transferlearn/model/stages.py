@@ -194,6 +194,13 @@ def _timm_units(params: list[str]) -> list[str]:
             for top, s in seconds.items()]
 
 
+def _partition(stages: list[Stage], backbone: list[str], ordered: bool = True) -> bool:
+    """Every backbone parameter in exactly one stage (in registration order when ``ordered``;
+    timm's own grouping is taken in its own order)."""
+    flat = [n for _, params in stages for n in params]
+    return flat == backbone if ordered else len(flat) == len(backbone) and set(flat) == set(backbone)
+
+
 def backbone_stages(model: nn.Module, heads: list[str], head_params: set[str],
                     names: dict[int, str]) -> tuple[tuple[Stage, ...], str]:
     """The backbone's stages (every parameter outside ``head_params`` exactly once) and the
@@ -205,12 +212,19 @@ def backbone_stages(model: nn.Module, heads: list[str], head_params: set[str],
         head_params: parameter names of those heads.
         names: parameter name by ``id`` (``named_parameters``, shared parameters once).
     """
+    backbone = [n for n in names.values() if n not in head_params]
     found = _timm(model, heads, names, set(head_params))
-    if found:
+    if found and _partition(found, backbone, ordered=False):
         return tuple(found), "timm group_matcher"
     for classes, rule_name, rule in _TABLE:
         if isinstance(model, classes):
-            return tuple(rule(model, heads, names, set(head_params))), rule_name
+            try:
+                found = rule(model, heads, names, set(head_params))
+            except AttributeError:  # a subclass laid out differently: the generic rule below
+                break
+            if _partition(found, backbone):
+                return tuple(found), rule_name
+            break
     taken = set(head_params)
     stages = []
     for name, params in heuristic_groups(model, heads):
