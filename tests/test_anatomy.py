@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 import torchvision.models as tvm
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,6 +34,7 @@ from transferlearn.model.freezing import set_phase
 from transferlearn.train.feature_cache import cached_step_module
 
 from .conftest import TinyNet
+from .strategies import conv_stacks
 
 
 def grown() -> nn.Module:
@@ -139,6 +142,19 @@ def test_source_is_what_load_model_recorded():
         ("resnet18", None, {"zero_init_residual": True})
     assert anatomy(tvm.resnet18(weights=None)).source is None
     assert Anatomy.from_dict(json.loads(json.dumps(found.to_dict()))) == found
+
+
+@given(conv_stacks(), st.integers(0, 6))
+def test_for_any_model_the_stages_and_heads_partition_it_and_last_counts_stages(stack, last):
+    model, head = stack
+    found = anatomy(model, head=head)
+    assert Anatomy.from_dict(json.loads(json.dumps(found.to_dict()))) == found
+    names = [n for _, ps in found.stages for n in ps] + list(found.head_params)
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters()) and len(set(names)) == len(names)
+    unfreeze(model, last=last, anatomy=found)
+    kept = found.stages[len(found.stages) - last:] if last else ()
+    expected = {n for _, ps in kept for n in ps}
+    assert trained_names(model) == expected | set(found.head_params)
 
 
 def test_custom_models_keep_the_generic_rule(tiny):
