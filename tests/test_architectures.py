@@ -11,7 +11,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from transferlearn import find_head, freeze_backbone, layer_groups, replace_head
+from transferlearn import anatomy, find_head, freeze_backbone, layer_groups, replace_head
 from transferlearn.model.freezing import head_parameters
 
 ALL = tvm.list_models(module=tvm)
@@ -50,10 +50,22 @@ def outputs(out) -> list[torch.Tensor]:
     return [t for t in out if t is not None] if isinstance(out, tuple) else [out]
 
 
+def check_stages(model: nn.Module, rule: str, least: int) -> None:
+    """The stages partition the backbone: every parameter outside the heads in exactly one
+    stage, in registration (input) order, by the expected rule."""
+    found = anatomy(model)
+    assert found.stages_from == rule
+    flat = [n for _, names in found.stages for n in names]
+    assert flat == [n for n, _ in model.named_parameters() if n not in set(found.head_params)]
+    assert len(found.stages) >= least and all(names for _, names in found.stages)
+
+
 def check_contract(arch: str) -> None:
     model = build(arch)
     name, old = find_head(model)
     assert name == expected_head(arch)
+    check_stages(model, "vision transformer: stem, encoder layers in 4 groups" if arch.startswith("vit")
+                 else "output stride", 4)
     width = next(m for m in old.modules() if isinstance(m, (nn.Linear, nn.Conv2d))).weight.shape[1]
     replace_head(model, 7)
     for aux in AUX.get(arch, []):
@@ -110,6 +122,7 @@ def test_timm_contract(name):
     heads = list(heads) if isinstance(heads, tuple) else [heads]
     head_name = next(n for n, m in model.named_modules() if m is heads[0])
     assert find_head(model)[0] == head_name
+    check_stages(model, "timm group_matcher", 5)
     width = heads[0].in_features
     replace_head(model, 7)
     side = 224 if "patch16_224" in name else 64

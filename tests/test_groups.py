@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torchvision.models as tvm
 from hypothesis import given
 
@@ -10,22 +11,26 @@ from transferlearn import layer_groups, replace_head
 from .strategies import conv_stacks
 
 
-def test_resnet18_groups_by_name():
-    names = [n for n, _ in layer_groups(tvm.resnet18(weights=None))]
-    assert names == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4.0", "layer4.1", "fc"]
+@pytest.mark.parametrize("arch", ["resnet18", "resnet101"])
+def test_resnet_groups_are_its_stages_at_any_depth(arch):
+    names = [n for n, _ in layer_groups(tvm.get_model(arch, weights=None))]
+    assert names == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
 
 
-def test_vit_bare_parameters_join_the_input_side():
+def test_vit_stem_then_four_equal_groups_of_encoder_layers():
     names = [n for n, _ in layer_groups(tvm.vit_b_32(weights=None))]
-    assert names[0] == "class_token+conv_proj"
-    assert names[1] == "encoder.pos_embedding+encoder.layers.encoder_layer_0"
-    assert names[-2] == "encoder.layers.encoder_layer_11+encoder.ln" and names[-1] == "heads.head"
+    assert names == ["class_token+conv_proj+encoder.pos_embedding", "encoder.layers.encoder_layer_0-2",
+                     "encoder.layers.encoder_layer_3-5", "encoder.layers.encoder_layer_6-8",
+                     "encoder.layers.encoder_layer_9-11+encoder.ln", "heads.head"]
 
 
-def test_non_head_parts_of_a_classifier_stay_in_the_backbone():
-    names = [n for n, _ in layer_groups(tvm.vgg11(weights=None))]
-    assert names[-3:] == ["classifier.0", "classifier.3", "classifier.6"]
-    assert names[0] == "features.0"
+def test_non_head_parts_of_a_classifier_join_the_last_stage():
+    groups = layer_groups(tvm.vgg11(weights=None))
+    assert [n for n, _ in groups] == ["features.0", "features.3", "features.6-8", "features.11-13",
+                                      "features.16-18", "classifier.0-3", "classifier.6"]
+    model = tvm.vgg11(weights=None)
+    assert [id(p) for p in layer_groups(model)[-2][1]] == \
+        [id(p) for m in (model.classifier[0], model.classifier[3]) for p in m.parameters()]
 
 
 def test_identity_head_leaves_no_empty_group(tiny):

@@ -8,6 +8,7 @@ from .base import __version__
 from .data.folder import FolderData, load_image_folder
 from .data.images import ImageReadError, load_image
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
+from .model.anatomy import Anatomy, anatomy
 from .model.batchnorm import freeze_bn_running_stats, is_bn_frozen, unfreeze_bn_running_stats
 from .model.freezing import freeze_backbone, unfreeze
 from .model.groups import layer_groups
@@ -25,6 +26,7 @@ from .train.trainer import Trainer
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Anatomy",
     "ClassificationReport",
     "Classifier",
     "FolderData",
@@ -32,6 +34,7 @@ __all__ = [
     "ImageReadError",
     "Strategy",
     "Trainer",
+    "anatomy",
     "classification_report",
     "export_onnx",
     "extract_features",

@@ -239,7 +239,7 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
                       size: int | None = None, resize: int | None = None, augment: bool = False,
                       skip_broken: bool = False, check: str = "decode", draft: bool = True,
                       cache_bytes: int = 2**30, max_imbalance: float | None = 10.0,
-                      workers: int | None = None) -> FolderData:
+                      workers: int | None = None, model: Any = None) -> FolderData:
     """Train and validation datasets from a folder of images, checked before training starts.
 
     Layouts: ``root/train/<class>/...`` and ``root/val/<class>/...`` when both exist (same
@@ -269,6 +269,9 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         max_imbalance: warn when the largest class has more than this many times the images
             of the smallest (None: never).
         workers: threads for the check (default ``os.cpu_count()``, at most 8).
+        model: a model (or its ``Anatomy``) whose own preprocessing to use instead of
+            ``weights`` (see ``imagenet_transform(model=...)``: a timm model's
+            ``pretrained_cfg``, or the torchvision weights ``load_model`` recorded).
 
     Returns:
         A ``FolderData`` with ``.train``, ``.val``, ``.classes``, ``.counts``, ``.skipped``,
@@ -291,7 +294,7 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
     _check_options(val_fraction, seed, {"augment": augment, "skip_broken": skip_broken, "draft": draft},
                    check, max_imbalance)
     workers = min(os.cpu_count() or 1, 8) if workers is None else check_int("workers", workers, minimum=1)
-    eval_tf = imagenet_transform(weights=weights, size=size, resize=resize)
+    eval_tf = imagenet_transform(weights=weights, size=size, resize=resize, model=model)
     cache = ImageCache(cache_bytes) if check_int("cache_bytes", cache_bytes) else None
     layout, parts = _scan(root)
     paths = [p for files in parts.values() for ps in files.values() for p in ps]
@@ -306,7 +309,7 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         train, val = _split(parts["all"], val_fraction, seed)
     else:
         train, val = ([(p, i) for i, ps in enumerate(parts[k].values()) for p in ps] for k in ("train", "val"))
-    train_tf = imagenet_transform(True, weights=weights, size=size, resize=resize) if augment else eval_tf
+    train_tf = imagenet_transform(True, weights=weights, size=size, resize=resize, model=model) if augment else eval_tf
     data = FolderData(root, layout, classes, ImageFiles(train, classes, train_tf, cache=cache, draft=draft),
                       ImageFiles(val, classes, eval_tf, cache=cache, draft=draft) if val else None,
                       [(p, broken[p]) for p in paths if p in broken], cache)

@@ -14,11 +14,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from ..base import as_weights, check_int, describe
+from ..base import check_int, describe
+from ..model.anatomy import Anatomy
+from ..model.data_config import DataConfig, data_config, weights_config
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocess", "imagenet_transform", "to_rgb"]
 
@@ -164,15 +167,30 @@ class ImagePreprocess:
                 f"interpolation={self.interpolation.value}, mean={self.mean}, std={self.std})")
 
 
-def _weights_meta(weights: Any) -> dict[str, Any]:
-    weights = as_weights(weights)
-    preset = weights.transforms()
-    for attr in ("crop_size", "resize_size", "mean", "std", "interpolation"):
-        if not hasattr(preset, attr):
-            raise ValueError(f"weights={weights} have no image-classification preprocessing "
-                             f"(their transforms() has no {attr!r})")
-    return {"size": preset.crop_size[0], "resize": preset.resize_size[0], "mean": preset.mean,
-            "std": preset.std, "interpolation": preset.interpolation}
+def _config_meta(config: DataConfig, explicit_size: bool, explicit_crop: bool = False) -> dict[str, Any]:
+    """A data config as ``imagenet_transform``'s settings (a square centre crop only, unless
+    the caller gives both sizes)."""
+    if config.crop_mode != "center" and not explicit_crop:
+        raise ValueError(f"the data config from {config.source} uses crop_mode={config.crop_mode!r}; "
+                         "imagenet_transform makes centre crops only: pass size= and resize= explicitly")
+    try:
+        interpolation = InterpolationMode(config.interpolation)
+    except ValueError:
+        raise ValueError(f"the data config from {config.source} has interpolation={config.interpolation!r}, "
+                         f"not one of {[m.value for m in InterpolationMode]}") from None
+    size = config.input_size[0] if explicit_size else config.size
+    return {"size": size, "resize": config.resize, "mean": config.mean, "std": config.std,
+            "interpolation": interpolation}
+
+
+def _model_config(model: Any) -> DataConfig:
+    if isinstance(model, DataConfig):
+        return model
+    if isinstance(model, Anatomy):
+        return model.data_config
+    if isinstance(model, nn.Module):
+        return data_config(model)
+    raise TypeError(f"model must be an nn.Module, an Anatomy or a DataConfig, got {describe(model)}")
 
 
 def _check_stats(name: str, value: Any) -> list[float]:
@@ -190,8 +208,8 @@ def _check_stats(name: str, value: Any) -> list[float]:
 
 def imagenet_transform(train: bool = False, *, size: int | None = None, resize: int | None = None,
                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                       weights: Any = None,
-                       interpolation: InterpolationMode | None = None) -> ImagePreprocess:
+                       weights: Any = None, interpolation: InterpolationMode | None = None,
+                       model: Any = None) -> ImagePreprocess:
     """The preprocessing a pretrained ImageNet model expects.
 
     Eval: resize the shorter side to ``resize``, centre crop ``size``, scale to [0, 1],
@@ -212,6 +230,10 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
         weights: a torchvision weights enum member (or its full name); its own sizes,
             interpolation and statistics are used. Explicit arguments win over it.
         interpolation: resampling mode (default bilinear, or the weights' mode).
+        model: a model (or its ``Anatomy``, or a ``DataConfig``) whose own preprocessing to
+            use: timm's ``pretrained_cfg`` exactly as ``timm.data.create_transform`` applies
+            it (mean, std, interpolation, ``resize = floor(size / crop_pct)``), or the
+            torchvision weights ``load_model`` recorded. Explicit arguments win over it.
 
     Returns:
         An ``ImagePreprocess`` callable.
@@ -219,10 +241,14 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
     Raises:
         TypeError: wrong argument types.
         ValueError: non-positive sizes, statistics that are not 3 finite numbers (std > 0),
-            or unknown weights.
+            unknown weights, both ``weights`` and ``model``, or a model whose config is not
+            a square centre crop (timm's ``squash``/``border`` modes) and no ``size``.
 
     Example:
         >>> tf = imagenet_transform(weights=ResNet50_Weights.IMAGENET1K_V2)   # 232 -> 224
+        >>> imagenet_transform(model=load_model("timm/vit_small_patch16_224.augreg_in21k",
+        ...                                     weights=None)).mean            # 248 -> 224, bicubic
+        [0.5, 0.5, 0.5]
         >>> tf(Image.open("cat.png")).shape
         torch.Size([3, 224, 224])
     """
@@ -230,8 +256,12 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
         raise TypeError(f"train must be a bool, got {describe(train)}")
     meta: dict[str, Any] = {"size": 224, "resize": 256, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                             "interpolation": InterpolationMode.BILINEAR}
+    if weights is not None and model is not None:
+        raise ValueError("pass weights= or model=, not both: each gives the whole preprocessing")
     if weights is not None:
-        meta.update(_weights_meta(weights))
+        meta.update(_config_meta(weights_config(weights), False))
+    if model is not None:
+        meta.update(_config_meta(_model_config(model), size is not None, None not in (size, resize)))
     if size is not None and resize is None:   # keep the preset's resize/crop ratio (256/224)
         check_int("size", size, minimum=1)
         resize = max(1, math.floor(size * meta["resize"] / meta["size"] + 0.5))

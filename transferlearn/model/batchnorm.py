@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..base import check_bool, check_module
+from .anatomy import Anatomy, model_anatomy
 
 __all__ = ["freeze_bn_running_stats", "unfreeze_bn_running_stats", "is_bn_frozen", "pin_early_bn"]
 
@@ -146,14 +147,13 @@ def unfreeze_bn_running_stats(module: nn.Module) -> nn.Module:
     return module
 
 
-def pin_early_bn(model: nn.Module, *, head: str | None = None) -> nn.Module:
-    """Pin BatchNorm statistics in the first half of the backbone's layer groups only (the
+def pin_early_bn(model: nn.Module, *, head: str | None = None, anatomy: Anatomy | None = None) -> nn.Module:
+    """Pin BatchNorm statistics in the first half of the backbone's stages only (the
     ``freeze_bn="early"`` policy: early, generic stages keep ImageNet statistics, later stages
-    adapt to the new domain). Returns ``model``."""
-    from .groups import split_layer_groups
-
-    backbone, _ = split_layer_groups(model, head=head)
-    early = {id(p) for _, ps in backbone[: len(backbone) // 2] for p in ps}
+    adapt to the new domain; on a ResNet ``conv1+bn1`` and ``layer1``). ``anatomy`` is the
+    model's ``anatomy`` when already read. Returns ``model``."""
+    stages, _ = model_anatomy(model, head=head, anatomy=anatomy).bind(model)
+    early = {id(p) for _, ps in stages[: len(stages) // 2] for p in ps}
     for module in model.modules():
         if isinstance(module, _BatchNorm) and any(id(p) in early for p in module.parameters(recurse=False)):
             freeze_bn_running_stats(module)

@@ -1,4 +1,4 @@
-"""Freeze the pretrained backbone, or unfreeze all or only its last layer groups."""
+"""Freeze the pretrained backbone, or unfreeze all or only its last stages."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..base import check_choice, check_head_name, check_int, check_module, describe
+from .anatomy import Anatomy, model_anatomy
 from .batchnorm import freeze_bn_running_stats, pin_early_bn, unfreeze_bn_running_stats
-from .groups import head_parameters, split_layer_groups
+from .groups import head_parameters
 
 __all__ = ["freeze_backbone", "unfreeze", "head_parameters", "set_phase"]
 
@@ -20,7 +21,8 @@ def _set_trainable(model: nn.Module, trainable: set[int]) -> None:
             p.grad = None  # a stale gradient would let momentum / weight decay move it
 
 
-def freeze_backbone(model: nn.Module, *, head: str | None = None, train_bn: bool = False) -> nn.Module:
+def freeze_backbone(model: nn.Module, *, head: str | None = None, train_bn: bool = False,
+                    anatomy: Anatomy | None = None) -> nn.Module:
     """Stop gradients everywhere but in the head: the pretrained backbone becomes a fixed
     feature extractor.
 
@@ -34,13 +36,15 @@ def freeze_backbone(model: nn.Module, *, head: str | None = None, train_bn: bool
         model: the network, changed in place.
         head: explicit dotted name of the head (see ``find_head``).
         train_bn: keep BatchNorm affine weights (gamma, beta) trainable.
+        anatomy: the model's ``anatomy``, when already read (the Trainer passes its own).
 
     Returns:
         ``model`` itself.
 
     Raises:
-        TypeError: ``model`` is not a module or ``train_bn`` is not a bool.
-        ValueError: no head can be found.
+        TypeError: ``model`` is not a module, ``train_bn`` is not a bool, or ``anatomy`` is
+            not an ``Anatomy``.
+        ValueError: no head can be found, or ``anatomy`` does not match the model.
 
     Example:
         >>> freeze_backbone(model)
@@ -51,7 +55,7 @@ def freeze_backbone(model: nn.Module, *, head: str | None = None, train_bn: bool
     check_head_name(head)
     if not isinstance(train_bn, bool):
         raise TypeError(f"train_bn must be a bool, got {describe(train_bn)}")
-    trainable = {id(p) for p in head_parameters(model, head=head)}
+    trainable = {id(p) for p in head_parameters(model, head=head, anatomy=anatomy)}
     if train_bn:
         trainable |= {id(p) for m in model.modules() if isinstance(m, _BatchNorm)
                       for p in m.parameters(recurse=False)}
@@ -59,27 +63,31 @@ def freeze_backbone(model: nn.Module, *, head: str | None = None, train_bn: bool
     return model
 
 
-def unfreeze(model: nn.Module, *, last: int | None = None, head: str | None = None) -> nn.Module:
-    """Make the whole model trainable, or only the head plus the last ``last`` layer groups.
+def unfreeze(model: nn.Module, *, last: int | None = None, head: str | None = None,
+             anatomy: Anatomy | None = None) -> nn.Module:
+    """Make the whole model trainable, or only the head plus the last ``last`` stages.
 
-    Layer groups are those of ``layer_groups``. With ``last=N`` every earlier group is
-    frozen (and its ``.grad`` cleared), so the call fully defines what trains.
+    Stages are those of ``anatomy(model)`` (docs/anatomy.md): on every ResNet ``last=2``
+    trains ``layer3`` and ``layer4`` entirely. With ``last=N`` every earlier stage is frozen
+    (and its ``.grad`` cleared), so the call fully defines what trains.
 
     Args:
         model: the network, changed in place.
-        last: number of backbone layer groups, counted from the head, to make trainable;
+        last: number of backbone stages, counted from the head, to make trainable;
             ``None`` for all, ``0`` for the head only.
         head: explicit dotted name of the head (see ``find_head``).
+        anatomy: the model's ``anatomy``, when already read (the Trainer passes its own).
 
     Returns:
         ``model`` itself.
 
     Raises:
-        TypeError: ``model`` is not a module or ``last`` is not an int.
-        ValueError: ``last < 0`` or no head can be found.
+        TypeError: ``model`` is not a module, ``last`` is not an int, or ``anatomy`` is not
+            an ``Anatomy``.
+        ValueError: ``last < 0``, no head can be found, or ``anatomy`` does not match.
 
     Example:
-        >>> unfreeze(model, last=2)   # resnet18: layer4.0, layer4.1 and fc train
+        >>> unfreeze(model, last=2)   # resnet18/50/101: layer3, layer4 and fc train
     """
     check_module("model", model)
     if last is None:
@@ -87,16 +95,16 @@ def unfreeze(model: nn.Module, *, last: int | None = None, head: str | None = No
             p.requires_grad_(True)
         return model
     check_int("last", last, minimum=0)
-    trainable = {id(p) for p in head_parameters(model, head=head)}
-    backbone, _ = split_layer_groups(model, head=head)
-    for _, params in backbone[len(backbone) - last:] if last else []:
+    stages, head_params = model_anatomy(model, head=head, anatomy=anatomy).bind(model)
+    trainable = {id(p) for p in head_params}
+    for _, params in stages[len(stages) - last:] if last else []:
         trainable |= {id(p) for p in params}
     _set_trainable(model, trainable)
     return model
 
 
 def set_phase(model: nn.Module, phase: str, *, last: int | None = None, freeze_bn: bool | str = True,
-              head: str | None = None) -> nn.Module:
+              head: str | None = None, anatomy: Anatomy | None = None) -> nn.Module:
     """Put ``model`` in the state of a training phase, as the Trainer does at each phase switch.
 
     ``"warmup"``: ``freeze_backbone`` and every BatchNorm pinned. ``"finetune"``:
@@ -106,9 +114,10 @@ def set_phase(model: nn.Module, phase: str, *, last: int | None = None, freeze_b
     Args:
         model: the network (changed in place).
         phase: ``"warmup"`` or ``"finetune"``.
-        last: with ``"finetune"``, train only the head and the last N layer groups.
-        freeze_bn: the fine-tune BatchNorm policy.
+        last: with ``"finetune"``, train only the head and the last N stages.
+        freeze_bn: the fine-tune BatchNorm policy (``"early"``: the first half of the stages).
         head: explicit dotted name of the head.
+        anatomy: the model's ``anatomy``, when already read (read once here otherwise).
 
     Returns:
         ``model``.
@@ -118,13 +127,15 @@ def set_phase(model: nn.Module, phase: str, *, last: int | None = None, freeze_b
     """
     check_choice("phase", phase, ("warmup", "finetune"))
     check_choice("freeze_bn", freeze_bn, (True, False, "early"))
+    check_module("model", model)
+    anatomy = model_anatomy(model, head=head, anatomy=anatomy)
     if phase == "warmup":
-        freeze_backbone(model, head=head)
+        freeze_backbone(model, anatomy=anatomy)
         return freeze_bn_running_stats(model)
-    unfreeze(model, last=last, head=head)
+    unfreeze(model, last=last, anatomy=anatomy)
     if freeze_bn is True:
         return freeze_bn_running_stats(model)
     unfreeze_bn_running_stats(model)
     if freeze_bn == "early":
-        pin_early_bn(model, head=head)
+        pin_early_bn(model, anatomy=anatomy)
     return model

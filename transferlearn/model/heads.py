@@ -1,6 +1,6 @@
 """Find and replace the classification head of a pretrained model.
 
-The rule for finding the head (first match wins) is the one in DESIGN.md: an explicit
+The rule for finding the head (first match wins; docs/heads.md): an explicit
 ``head="dotted.name"``; timm's ``get_classifier()``; the torchvision architecture table;
 else the last ``nn.Linear`` (or ``IdentityHead`` left by ``replace_head(model, 0)``) in
 registration order.

@@ -7,13 +7,14 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..base import check_float, check_head_name, check_module, describe
+from .anatomy import Anatomy, model_anatomy
 from .groups import split_layer_groups
 
 __all__ = ["param_groups", "backbone_lrs"]
 
 
 def backbone_lrs(backbone_lr: float | Sequence[float], n_groups: int) -> list[float]:
-    """Learning rate of each of ``n_groups`` backbone groups, input side first.
+    """Learning rate of each of ``n_groups`` backbone stages, input side first.
 
     A float gives every group that rate; a pair ``(low, high)`` spreads rates geometrically,
     the earliest group ``low`` and the latest ``high`` (a single group gets ``high``).
@@ -32,11 +33,12 @@ def backbone_lrs(backbone_lr: float | Sequence[float], n_groups: int) -> list[fl
     return [low * (high / low) ** (i / (n_groups - 1)) for i in range(n_groups)]
 
 
-def _split_decay(name: str, params: list, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+def _split_decay(name: str, params: list, lr: float, weight_decay: float,
+                 no_decay_ids: set[int]) -> list[dict[str, Any]]:
     if weight_decay == 0:
         return [{"name": name, "params": params, "lr": lr, "weight_decay": 0.0}]
-    no_decay = [p for p in params if p.ndim <= 1]
-    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if id(p) in no_decay_ids]
+    decay = [p for p in params if id(p) not in no_decay_ids]
     return [{"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay},
             {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0}]
 
@@ -44,7 +46,7 @@ def _split_decay(name: str, params: list, lr: float, weight_decay: float) -> lis
 def param_groups(model: nn.Module, *, head_lr: float,
                  backbone_lr: float | tuple[float, float] | None = None,
                  weight_decay: float = 0.0, head: str | None = None,
-                 trainable_only: bool = False) -> list[dict[str, Any]]:
+                 trainable_only: bool = False, anatomy: Anatomy | None = None) -> list[dict[str, Any]]:
     """Build optimizer parameter groups: the head at ``head_lr``, the backbone lower.
 
     Every group is a dict with explicit ``params``, ``lr``, ``weight_decay`` and a readable
@@ -57,19 +59,24 @@ def param_groups(model: nn.Module, *, head_lr: float,
         model: the network.
         head_lr: learning rate of the head (and auxiliary heads).
         backbone_lr: ``None`` for ``head_lr / 10``; a float for one backbone group; a pair
-            ``(low, high)`` for one group per layer group, spaced geometrically from ``low``
-            at the input to ``high`` next to the head.
-        weight_decay: decay for weight matrices and kernels; biases and other 1-D tensors
-            (norm weights) go to twin ``"<name>/no_decay"`` groups with ``weight_decay=0``.
+            ``(low, high)`` for one group per stage (``anatomy(model).stages``), spaced
+            geometrically from ``low`` at the input to ``high`` next to the head.
+        weight_decay: decay for weight matrices and kernels; the parameters of
+            ``anatomy(model).no_decay`` (biases, 1-D norm weights, and what the model
+            declares: ViT's class token and position embeddings, timm's
+            ``no_weight_decay()``) go to twin ``"<name>/no_decay"`` groups with
+            ``weight_decay=0``.
         head: explicit dotted name of the head (see ``find_head``).
         trainable_only: leave out parameters with ``requires_grad=False``.
+        anatomy: the model's ``anatomy``, when already read (the Trainer passes its own).
 
     Returns:
         A list of dicts for ``torch.optim.*(groups)``; empty groups are left out.
 
     Raises:
         TypeError: wrong argument types.
-        ValueError: negative or non-finite rates, ``low > high``, no head found.
+        ValueError: negative or non-finite rates, ``low > high``, no head found, an
+            ``anatomy`` that does not match the model.
 
     Example:
         >>> opt = torch.optim.AdamW(param_groups(model, head_lr=1e-3, backbone_lr=(1e-5, 1e-4)))
@@ -80,7 +87,10 @@ def param_groups(model: nn.Module, *, head_lr: float,
     weight_decay = check_float("weight_decay", weight_decay)
     if not isinstance(trainable_only, bool):
         raise TypeError(f"trainable_only must be a bool, got {describe(trainable_only)}")
-    backbone, heads = split_layer_groups(model, head=head)
+    found = model_anatomy(model, head=head, anatomy=anatomy)
+    backbone, heads = split_layer_groups(model, anatomy=found)
+    by_name = dict(model.named_parameters())
+    no_decay = {id(by_name[n]) for n in found.no_decay}
     if backbone_lr is None:
         backbone_lr = head_lr / 10
     if isinstance(backbone_lr, (int, float)) and not isinstance(backbone_lr, bool):
@@ -92,7 +102,7 @@ def param_groups(model: nn.Module, *, head_lr: float,
     for name, params, lr in named:
         if trainable_only:
             params = [p for p in params if p.requires_grad]
-        out += [g for g in _split_decay(name, params, lr, weight_decay) if g["params"]]
+        out += [g for g in _split_decay(name, params, lr, weight_decay, no_decay) if g["params"]]
     _check_partition(model, out, trainable_only)
     return out
 

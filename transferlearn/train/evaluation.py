@@ -11,7 +11,7 @@ from torch import nn
 
 from ..base import check_int, check_module, describe, eval_mode, run_device
 from ..data.batches import split_batch
-from ..model.heads import find_head
+from ..model.anatomy import Anatomy, model_anatomy
 from .distributed import Distributed
 from .runtime import Precision
 
@@ -106,20 +106,16 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
     return {"loss": loss, "accuracy": accuracy}
 
 
-def _num_outputs(model: nn.Module) -> int:
+def _num_outputs(model: nn.Module, anatomy: Anatomy | None) -> int:
     """Width of the model's output, read from its head (for an empty prediction)."""
-    _, head = find_head(model)
-    for attr in ("out_features", "out_channels"):
-        if isinstance(getattr(head, attr, None), int):
-            return getattr(head, attr)
-    last = [m for m in head.modules() if isinstance(getattr(m, "out_features", None), int)]
-    if not last:
+    classes = model_anatomy(model, anatomy=anatomy).num_classes
+    if classes is None:
         raise ValueError(f"cannot tell the number of classes of {type(model).__name__} for an empty input")
-    return last[-1].out_features
+    return classes
 
 
 def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any = None,
-            precision: Precision | None = None) -> torch.Tensor:
+            precision: Precision | None = None, anatomy: Anatomy | None = None) -> torch.Tensor:
     """Class probabilities (softmax over dim 1) in eval mode, returned on the CPU.
 
     Args:
@@ -129,6 +125,7 @@ def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any =
         batch_size: chunk size for a tensor input.
         device: where to run (default: the model's device).
         precision: autocast settings (the Trainer passes its own).
+        anatomy: the model's ``anatomy``, read only for an empty input (for its width).
 
     Returns:
         A float tensor (N, num_classes); (0, num_classes) for an empty input.
@@ -153,4 +150,4 @@ def predict(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any =
         raise TypeError(f"data must be a tensor or an iterable of batches, got {describe(data)}; files are "
                         "predicted with load_classifier(...).predict(paths), which knows the preprocessing")
     probs = [logits.softmax(1).cpu() for logits, _ in _eval_batches(model, data, device, precision, "data")]
-    return torch.cat(probs) if probs else torch.empty(0, _num_outputs(model))
+    return torch.cat(probs) if probs else torch.empty(0, _num_outputs(model, anatomy))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..model.heads import find_head
+from ..model.anatomy import Anatomy, model_anatomy
 from .distributed import Distributed
 from .features import NotCacheable, extract_features
 from .loaders import index_batches, loader_generators, rebuild_loader, sampler_support
@@ -68,61 +68,23 @@ class FeatureCache:
         return rows
 
 
-_ELEMENTWISE_DROPOUT = (nn.Dropout, nn.AlphaDropout)
-
-
-def _leaves(modules: Any) -> Iterator[nn.Module]:
-    """The layers of ``modules`` in the order they run, nested ``nn.Sequential``s opened."""
-    for module in modules:
-        if isinstance(module, nn.Sequential):
-            yield from _leaves(module._modules.values())  # not children(): a layer registered twice runs twice
-        else:
-            yield module
-
-
-def _passes_over(layer: nn.Module, flattened: bool) -> tuple[bool, bool]:
-    """Whether a layer between the capture point and the head can run on cached features
-    (any Dropout; after a Flatten only an element-wise one, whose mask does not depend on
-    the shape; a Flatten of all but the batch dimension; an Identity), and whether a
-    Flatten has been passed once it has."""
-    if isinstance(layer, nn.Flatten):
-        return layer.start_dim == 1 and layer.end_dim == -1, True
-    if isinstance(layer, nn.Identity):
-        return True, flattened
-    if flattened:
-        return type(layer) in _ELEMENTWISE_DROPOUT, flattened
-    return isinstance(layer, nn.modules.dropout._DropoutNd), flattened
-
-
-def cached_step_module(model: nn.Module, head: str | None = None) -> nn.Module:
+def cached_step_module(model: nn.Module, head: str | None = None, *,
+                       anatomy: Anatomy | None = None) -> nn.Module:
     """What a training step on cached features runs: the head, preceded by the ``Dropout``
-    layers that run just before it (MobileNet's and EfficientNet's ``classifier.0``, VGG's
-    last dropout, ``nn.Sequential(..., nn.Dropout(p), nn.Linear(...))``), found through
-    nested ``nn.Sequential`` containers and past ``Flatten``/``Identity``.
+    layers that run just before it (``anatomy(model).pre_head``: MobileNet's and
+    EfficientNet's ``classifier.0``, VGG's last dropout, ``nn.Sequential(..., nn.Dropout(p),
+    nn.Linear(...))``), found through nested ``nn.Sequential`` containers and past
+    ``Flatten``/``Identity``.
 
     Those layers run after the point where features are captured (the head's input) and have
     no parameters, so in train mode they drop features as they would without the cache; in
     eval mode they pass them through, as in the extraction. A dropout applied in a model's
     ``forward`` code, or held as an attribute outside a Sequential (timm's ``head_drop``),
-    cannot be found: such a model trains its cached epochs without it."""
-    name, module = find_head(model, head=head)
-    before: list[nn.Module] = []
-    flattened = False
-    while name:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if not isinstance(parent, nn.Sequential):
-            break
-        names = list(parent._modules)
-        preceding = list(_leaves(parent._modules[n] for n in names[:names.index(child)]))
-        while preceding:
-            ok, flattened = _passes_over(preceding[-1], flattened)
-            if not ok:
-                break
-            before.insert(0, preceding.pop())
-        if preceding:  # something else runs before: the capture point is inside this container
-            break
-        name = parent_name
+    cannot be found: such a model trains its cached epochs without it. ``anatomy`` is the
+    model's ``anatomy`` when already read (the Trainer passes its own)."""
+    found = model_anatomy(model, head=head, anatomy=anatomy)
+    before = [model.get_submodule(name) for name in found.pre_head]
+    module = model.get_submodule(found.head)
     drops = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in before)
     return nn.Sequential(*before, module) if drops else module
 
@@ -144,7 +106,7 @@ def build_cache(model: nn.Module, loader: DataLoader, *, dist: Distributed, **kw
     """Extract features once for every sample ``loader`` can draw (all of the dataset, or the
     sampler's ``indices``), in dataset order and with every option of the loader kept, without
     disturbing any random state; under torchrun each rank extracts a share and all gather.
-    ``kwargs`` go to ``extract_features`` (head, device, precision, check_output)."""
+    ``kwargs`` go to ``extract_features`` (head, device, precision, check_output, anatomy)."""
     support = sampler_support(loader)
     indices = list(range(len(loader.dataset))) if support is None else support
     if not indices:
@@ -175,7 +137,7 @@ def warmup_caches(model: nn.Module, train_loader: DataLoader | None, val_loader:
     sampler) and a sequential validation loader's, each when given. A model whose output is
     not its head's output cannot train on them: ``(None, None)`` then, or, when the cache was
     ``forced`` (``cache_features=True``), a ``ValueError`` saying why. ``kwargs`` go to
-    ``extract_features`` (head, device, precision)."""
+    ``extract_features`` (head, device, precision, anatomy)."""
     try:
         train = build_cache(model, train_loader, dist=dist, check_output=True, **kwargs) \
             if train_loader is not None else None

@@ -19,7 +19,7 @@ from torchvision.transforms import _presets
 from ..base import check_module, describe, eval_mode, run_device
 from ..data.batches import split_batch
 from ..data.transforms import ImagePreprocess
-from ..model.heads import find_head
+from ..model.anatomy import Anatomy, model_anatomy
 from .evaluation import _split_outputs
 from .runtime import Precision
 
@@ -99,7 +99,7 @@ def _run_and_check(model: nn.Module, inputs: torch.Tensor, calls: list[int], out
 
 def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None = None,
                      device: torch.device | str | None = None, precision: Precision | None = None,
-                     check_output: bool = False) -> TensorDataset:
+                     check_output: bool = False, anatomy: Anatomy | None = None) -> TensorDataset:
     """Run the model once over ``loader`` and return what its head receives, with labels.
 
     The model runs in eval mode under ``torch.inference_mode()`` (its previous modes are
@@ -118,13 +118,15 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
             what an uncached pass would compute).
         check_output: also require that the model's output is exactly the head's output
             (``NotCacheable`` otherwise); the Trainer asks for it before caching.
+        anatomy: the model's ``anatomy``, when already read (the Trainer passes its own).
 
     Returns:
         ``TensorDataset(features, labels)`` on the CPU, in the loader's order (labels
         omitted when the loader yields none).
 
     Raises:
-        TypeError: ``model`` is not a module or ``loader`` is not iterable.
+        TypeError: ``model`` is not a module, ``loader`` is not iterable, or ``anatomy``
+            is not an ``Anatomy``.
         ValueError: no head can be found or the loader is empty; ``NotCacheable`` (a
             ValueError) when the head does not run exactly once per forward pass.
 
@@ -135,7 +137,7 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
     check_module("model", model)
     if not hasattr(loader, "__iter__"):
         raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {describe(loader)}")
-    _, head_module = find_head(model, head=head)
+    head_module = model.get_submodule(model_anatomy(model, head=head, anatomy=anatomy).head)
     device = run_device(model, device)
     cast = precision or Precision(False, device)
     captured: list[torch.Tensor] = []
