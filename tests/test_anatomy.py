@@ -60,10 +60,11 @@ def test_unfreeze_last_two_is_layer3_and_layer4_at_every_depth(arch):
 
 
 @pytest.mark.parametrize("arch, last_two", [
-    ("efficientnet_b0", ("features.4.", "features.5.", "features.6.", "features.7.", "features.8.")),
+    ("efficientnet_b0", ("features.7.", "features.8.")),      # the last block row and the 1x1 conv head
     ("convnext_tiny", ("features.4.", "features.5.", "features.6.", "features.7.", "classifier.0.")),
     ("vit_b_16", tuple(f"encoder.layers.encoder_layer_{i}." for i in range(6, 12)) + ("encoder.ln.",)),
-    ("mobilenet_v2", tuple(f"features.{i}." for i in range(7, 19))),
+    ("mobilenet_v2", ("features.17.", "features.18.")),       # as timm: blocks.6 and conv_head
+    ("mnasnet0_5", ("layers.13.", "layers.14.", "layers.15.")),
 ])
 def test_unfreeze_last_two_stages_on_other_families(arch, last_two):
     model = tvm.get_model(arch, weights=None)
@@ -270,3 +271,39 @@ def test_load_image_folder_uses_the_models_preprocessing(tmp_path):
 def test_data_config_errors(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("cache", ["auto", False])
+def test_one_fit_derives_the_head_and_the_stages_once(monkeypatch, cache):
+    """A whole fit (warm-up, fine-tuning with a (low, high) spread, early BatchNorm pinning,
+    validation, a checkpoint) reads the model's structure once: one find_head, one stage split."""
+    import transferlearn as tl
+    from torchvision.models import resnet18
+
+    model = tl.replace_head(resnet18(weights=None), 3)
+    trainer = tl.Trainer(model, seed=0, progress=False)
+    calls = {"find_head": 0, "stages": 0}
+
+    def spy(name, fn):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return counted
+    monkeypatch.setattr(anatomy_module, "find_head", spy("find_head", anatomy_module.find_head))
+    monkeypatch.setattr(anatomy_module, "backbone_stages", spy("stages", anatomy_module.backbone_stages))
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    trainer.fit(DataLoader(data, batch_size=4), DataLoader(data, batch_size=4), warmup_epochs=1,
+                finetune_epochs=1, backbone_lr=(1e-5, 1e-4), weight_decay=0.01, freeze_bn="early",
+                cache_features=cache)
+    assert calls == {"find_head": 1, "stages": 1}
+
+
+@pytest.mark.parametrize("arch, rows", [
+    ("mobilenet_v2", ["features.0", "features.1", "features.2-3", "features.4-6", "features.7-10",
+                      "features.11-13", "features.14-16", "features.17", "features.18"]),
+    ("efficientnet_b0", [f"features.{i}" for i in range(9)]),
+])
+def test_inverted_residual_families_are_staged_by_their_block_rows(arch, rows):
+    """Stem, one stage per row of the block table (same stride and width), the 1x1 conv head:
+    the same split as timm's group_matcher for its EfficientNet/MobileNet classes."""
+    assert [name for name, _ in anatomy(tvm.get_model(arch, weights=None)).stages] == rows

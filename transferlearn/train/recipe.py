@@ -100,13 +100,14 @@ class Phase:
     def rates(self) -> tuple[float, BackboneLR]:
         return self.head_lr, self.backbone_lr
 
-    def apply(self, model: Any, *, head: str | None = None) -> Any:
+    def apply(self, model: Any, *, head: str | None = None, anatomy: Any = None) -> Any:
         """Put ``model`` in this phase's state (``set_phase``): trainable parameters and
-        BatchNorm policy. Returns ``model``."""
+        BatchNorm policy; ``anatomy`` (read once per fit) or ``head`` says where its head and
+        stages are. Returns ``model``."""
         if self.trains == "head" and self.freeze_bn is True:
-            return set_phase(model, "warmup", head=head)
+            return set_phase(model, "warmup", head=head, anatomy=anatomy)
         last = 0 if self.trains == "head" else None if self.trains == "all" else self.trains
-        return set_phase(model, "finetune", last=last, freeze_bn=self.freeze_bn, head=head)
+        return set_phase(model, "finetune", last=last, freeze_bn=self.freeze_bn, head=head, anatomy=anatomy)
 
 
 def _check_phases(phases: Any) -> tuple[Phase, ...]:

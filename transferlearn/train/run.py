@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model.heads import find_head
+from ..model.anatomy import anatomy
 from ..model.optim import param_groups
 from . import checkpoint as ckpt
 from .callbacks import Checkpoints, EpochLine, Hooks, KeepBest, check_callback_states, load_callback_states
@@ -36,8 +36,10 @@ class Run:
 
     def __init__(self, trainer: Any, recipe: Recipe, train_loader: Any, val_loader: Any) -> None:
         self.recipe, self.model, self.val_loader = recipe, trainer.model, val_loader
-        # how the model's structure is found, for every call below: the one place to switch to an anatomy
-        self.structure: dict[str, Any] = {"head": trainer.head}
+        # the model's structure (head, stages, no-decay names, pre-head layers), read ONCE per fit
+        # and passed to every call below (docs/anatomy.md)
+        self.anatomy = anatomy(self.model, head=trainer.head)
+        self.structure: dict[str, Any] = {"anatomy": self.anatomy}
         self.caching = [caching_plan(p, train_loader, val_loader) for p in recipe.phases]
         self.best = BestEpoch(recipe.monitor, recipe.patience, validating=val_loader is not None)
         self.train_loader = train_loader
@@ -123,7 +125,7 @@ class Run:
 
     def head_module(self) -> nn.Module:
         if self._head is None:
-            self._head = find_head(self.model, **self.structure)[1]
+            self._head = self.model.get_submodule(self.anatomy.head)
         return self._head
 
     def lrs(self) -> dict[str, float]:
