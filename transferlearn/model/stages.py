@@ -6,8 +6,11 @@ family table of torchvision classes; the generic rule of ``_heuristic`` for anyt
 Most families in the table are split by **output stride**: walking the trunk in registration
 order, a stage is everything whose output has the same stride (2, 4, 8, 16, 32), so a stage
 starts where the resolution halves. On a ResNet that gives exactly its own stages
-(``conv1+bn1``, ``layer1`` ... ``layer4``); on MobileNet, EfficientNet, RegNet, DenseNet,
-ConvNeXt, Swin (its patch merging halves the resolution), MaxViT, VGG and AlexNet (their
+(``conv1+bn1``, ``layer1`` ... ``layer4``). MobileNet, EfficientNet and MNASNet are split by
+stride **and output width**: the rows of their block tables (torchvision's
+``inverted_residual_setting``), the stem and the last 1x1 convolution each a stage, as timm's
+``group_matcher`` has them (``conv_stem``, ``blocks.0`` ... ``blocks.6``, ``conv_head``). On
+RegNet, DenseNet, ConvNeXt, Swin (its patch merging halves the resolution), MaxViT, VGG and AlexNet (their
 pooling layers) it groups the blocks the same way. A Vision Transformer keeps one resolution:
 its stem (``class_token``, ``conv_proj``, ``encoder.pos_embedding``) is a stage, then its
 encoder layers in four equal groups (the final ``encoder.ln`` with the last). Layers between
@@ -33,8 +36,8 @@ Stage = tuple[str, tuple[str, ...]]
 _STRIDED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 _HALVING = (swin_transformer.PatchMerging, swin_transformer.PatchMergingV2)  # stride 2 by reshaping
 _IN_ORDER = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # children run one after another
-_BY_STRIDE = (tvm.ResNet, tvm.RegNet, tvm.MobileNetV2, tvm.MobileNetV3, tvm.EfficientNet, tvm.MNASNet,
-              tvm.ConvNeXt, tvm.DenseNet, tvm.VGG, tvm.AlexNet, tvm.SqueezeNet, tvm.ShuffleNetV2,
+_BY_WIDTH = (tvm.MobileNetV2, tvm.MobileNetV3, tvm.EfficientNet, tvm.MNASNet)
+_BY_STRIDE = (tvm.ResNet, tvm.RegNet, tvm.ConvNeXt, tvm.DenseNet, tvm.VGG, tvm.AlexNet, tvm.SqueezeNet, tvm.ShuffleNetV2,
               tvm.GoogLeNet, tvm.Inception3, tvm.SwinTransformer, tvm.MaxVit)
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
@@ -135,6 +138,28 @@ def _by_stride(model: nn.Module, heads: list[str], names: dict[int, str], taken:
     return _group(model, units, names, taken)
 
 
+def _width(model: nn.Module, unit: str) -> int | None:
+    """Output width of a unit: the channels of its last convolution or norm layer."""
+    try:
+        module = model.get_submodule(unit)
+    except AttributeError:  # a bare parameter
+        return None
+    widths = [m.out_channels if isinstance(m, nn.Conv2d) else m.num_features for m in module.modules()
+              if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    return widths[-1] if widths else None
+
+
+def _by_width(model: nn.Module, heads: list[str], names: dict[int, str], taken: set[str]) -> list[Stage]:
+    """Blocks with the same output stride AND width form a stage: the rows of the architecture's
+    block table (MobileNet, EfficientNet, MNASNet), as timm's ``blocks.N`` groups them."""
+    units, _ = _levels(model, "", heads, 1)
+    keyed: list[tuple[str, Any]] = []
+    for unit, level in units:  # a unit without convolution or norm (MobileNetV3's classifier.0) joins the last
+        width = _width(model, unit)
+        keyed.append((unit, (level, width) if width is not None or not keyed else keyed[-1][1]))
+    return _group(model, keyed, names, taken)
+
+
 def _vit(model: nn.Module, heads: list[str], names: dict[int, str], taken: set[str]) -> list[Stage]:
     """Stem (class token, patch projection, position embedding), then the encoder layers in
     four equal groups, the final norm with the last."""
@@ -153,6 +178,7 @@ def _vit(model: nn.Module, heads: list[str], names: dict[int, str], taken: set[s
 
 _TABLE: tuple[tuple[tuple[type, ...], str, Callable[..., list[Stage]]], ...] = (
     ((tvm.VisionTransformer,), "vision transformer: stem, encoder layers in 4 groups", _vit),
+    (_BY_WIDTH, "output stride and width (block rows)", _by_width),
     (_BY_STRIDE, "output stride", _by_stride),
 )
 
