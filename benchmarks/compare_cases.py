@@ -1,4 +1,4 @@
-"""The cases of ``compare_loops.py``: each builds its model untimed and returns ``(run, score)``.
+"""The cases of ``python -m benchmarks.compare``: each builds its model untimed and returns ``(run, score)``.
 
 ``run()`` is what the benchmark times; ``score(result)`` (untimed) gives the test accuracy
 or the agreement with the raw forward. ``CASES`` lists them as ``(part, role, label, case)``;
@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import textbook as tb
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
 
 import transferlearn as tl
 
-__all__ = ["Bench", "CASES", "Case", "transform", "a_textbook_n", "a_library_n"]
+from . import textbook as tb
+from .models import chapter_transform, mobilenet
+
+__all__ = ["Bench", "CASES", "Case", "a_textbook_n", "a_library_n"]
 
 Case = Callable[["Bench"], tuple[Callable[[], Any], Callable[[Any], dict[str, Any]]]]
 
@@ -51,9 +52,8 @@ class Bench:
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def library_model(self, num_classes: int | None = None) -> torch.nn.Module:
-        torch.manual_seed(self.seed)
-        model = tl.load_model("mobilenet_v2", weights=self.weights, num_classes=num_classes or self.classes)
-        return model.to(memory_format=torch.channels_last) if self.settings.channels_last else model
+        return mobilenet(num_classes or self.classes, weights=self.weights, seed=self.seed,
+                         channels_last=self.settings.channels_last)
 
     def trainer(self, model: torch.nn.Module, **options: Any) -> tl.Trainer:
         return tl.Trainer(model, device=self.settings.device, progress=False, seed=self.seed,
@@ -61,13 +61,6 @@ class Bench:
 
     def score(self, model: torch.nn.Module, data: Dataset | None = None) -> dict[str, Any]:
         return {"accuracy": tb.accuracy(model, self.loader(data or self.test, shuffle=False), self.settings)}
-
-
-def transform(size: int, photos: bool = False) -> T.Compose:
-    """The chapter's eval preprocessing at ``size`` (photos: resize by 256/224, then crop)."""
-    resize = round(size * 256 / 224) if photos else size
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize(tl.IMAGENET_MEAN, tl.IMAGENET_STD)])
 
 
 # ------------------------------------------------------------------- (a) feature extraction
@@ -202,8 +195,8 @@ def d_floor(b: Bench):
 # ------------------------------------------------------------------ (e) photos end to end
 def _photo_sets(b: Bench) -> tuple[Dataset, Dataset, int]:
     size = b.args.photo_size
-    train = tv_datasets.ImageFolder(str(b.photos / "train"), transform=transform(size, photos=True))
-    val = tv_datasets.ImageFolder(str(b.photos / "val"), transform=transform(size, photos=True))
+    train = tv_datasets.ImageFolder(str(b.photos / "train"), transform=chapter_transform(size, photos=True))
+    val = tv_datasets.ImageFolder(str(b.photos / "val"), transform=chapter_transform(size, photos=True))
     return train, val, len(train.classes)
 
 
@@ -255,7 +248,6 @@ CASES: list[tuple[str, str, str, Case]] = [
     ("e", "library", "load_image_folder + Trainer.fit (2+3)", e_library),
     ("e", "floor", "one inference pass over the photos (ImageFolder)", e_floor),
 ]
-
 
 
 def a_textbook_n(b: Bench, data: Dataset, epochs: int) -> Callable[[], Any]:

@@ -1,6 +1,7 @@
-"""Turn ``evidence.py``'s JSON into Markdown tables (in place in ``docs/evidence.md``) and a plot.
+"""Turn ``python -m benchmarks.evidence``'s JSON into Markdown tables (in place in
+``docs/evidence.md``) and a plot.
 
-    .venv/bin/python benchmarks/evidence_report.py benchmarks/evidence_results/full.json \\
+    .venv/bin/python -m benchmarks.evidence_report benchmarks/evidence_results/full.json \\
         --doc docs/evidence.md --plot docs/evidence_decision.png
 
 The page keeps its prose; every generated block sits between ``<!-- table:NAME -->`` and
@@ -218,7 +219,8 @@ def plot_decision(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Markdown tables and a plot from evidence.py's JSON")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.evidence_report",
+                                description="Markdown tables and a plot from python -m benchmarks.evidence's JSON")
     p.add_argument("results", type=Path)
     p.add_argument("--doc", type=Path, help="fill the table blocks of this Markdown file in place")
     p.add_argument("--plot", type=Path, help="write the decision-table plot here (PNG)")

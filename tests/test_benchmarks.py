@@ -25,8 +25,10 @@ pytest.importorskip("sklearn")
 
 
 def _env() -> dict[str, str]:
+    """This interpreter (``PYTHON`` for the shell scripts) with the repository first on its path."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "TORCH_HOME": os.environ.get("TORCH_HOME", str(ROOT / ".cache" / "torch")),
-            "MPLBACKEND": "Agg"}
+            "MPLBACKEND": "Agg", "PYTHON": sys.executable, "PYTHONPATH": path}
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -38,7 +40,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     stem = tmp_path_factory.mktemp("bench") / "compare"
-    _run([sys.executable, str(BENCH / "compare_loops.py"), *TINY, "--out", str(stem)])
+    _run([sys.executable, "-m", "benchmarks.compare", *TINY, "--out", str(stem)])
     report = json.loads(stem.with_suffix(".json").read_text())
     report["_stem"] = str(stem)
     return report
@@ -49,11 +51,9 @@ def _row(report: dict, case: str) -> dict:
 
 
 def test_every_case_runs_once_per_repeat(report: dict) -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        from compare_loops import CASES
-    finally:
-        sys.path.remove(str(BENCH))
+    from benchmarks.compare_cases import CASES
+
+    assert report["command"].startswith("python -m benchmarks.compare --weights none")
     assert [r["case"] for r in report["rows"]] == [label for _, _, label, _ in CASES]
     for row in report["rows"]:
         assert len(row["runs"]) == 1, row["case"]
@@ -91,11 +91,7 @@ def test_results_files_and_scaling_plot(report: dict) -> None:
 
 
 def _summarise(rows: list[dict]) -> list[dict]:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import benchreport
-    finally:
-        sys.path.remove(str(BENCH))
+    from benchmarks import benchreport
 
     class Args:
         out = Path("x")
@@ -141,9 +137,12 @@ def test_gpu_check_refuses_an_unknown_device() -> None:
 
 
 def test_levers_backward_smoke(tmp_path: Path) -> None:
-    _run([sys.executable, str(BENCH / "levers.py"), "backward", "--size", "32", "--rounds", "1",
+    _run([sys.executable, "-m", "benchmarks.levers", "backward", "--size", "32", "--rounds", "1",
           "--threads", "1", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "levers_backward.json").read_text())["rows"]
+    saved = json.loads((tmp_path / "levers_backward.json").read_text())
+    assert saved["command"] == "python -m benchmarks.levers backward --size 32 --rounds 1 --threads 1 --out " + str(tmp_path)
+    rows = saved["rows"]
     assert [r["variant"] for r in rows] == ["forward only (train mode, no grad)",
                                             "head only (frozen backbone, no cache)", "unfreeze(last=1)",
                                             "unfreeze(last=2)", "unfreeze(last=4)", "all layers"]
+
