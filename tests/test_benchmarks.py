@@ -7,6 +7,8 @@ results files are written; the report logic is checked on hand-made numbers.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import subprocess
@@ -146,3 +148,109 @@ def test_levers_backward_smoke(tmp_path: Path) -> None:
                                             "head only (frozen backbone, no cache)", "unfreeze(last=1)",
                                             "unfreeze(last=2)", "unfreeze(last=4)", "all layers"]
 
+
+# ------------------------------------------------------------------ the package's layout
+MODULES = {p.stem: p for p in sorted(BENCH.glob("*.py")) if p.stem != "__init__"}
+
+
+def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """Every import of ``path`` (module level and inside functions): (line, module, names)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            found.append((node.lineno, module, [alias.name for alias in node.names]))
+    return found
+
+
+def _siblings(module: str, names: list[str]) -> set[str]:
+    """The benchmarks modules an import statement refers to (relative, absolute or, wrongly, top-level)."""
+    if module.split(".")[0] in MODULES:
+        return {module.split(".")[0]}
+    if module.startswith("benchmarks.") or module.startswith("."):
+        rest = module.removeprefix("benchmarks.").lstrip(".")
+        return {rest.split(".")[0]} if rest else {n for n in names if n in MODULES}
+    return {n for n in names if n in MODULES} if module == "benchmarks" else set()
+
+
+def test_benchmarks_import_only_transferlearns_public_names() -> None:
+    import transferlearn as tl
+
+    public = set(tl.__all__) | {"__version__"}
+    bad = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for line, module, names in _imports(path):
+            if module.startswith("transferlearn.") or (module == "transferlearn" and set(names) - public):
+                bad.append(f"{name}.py:{line} imports {module} {names}")
+            if module.split(".")[0] in MODULES:               # `import benchutil`: needs benchmarks/ on sys.path
+                bad.append(f"{name}.py:{line} imports the sibling {module!r} as a top-level module")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "tl" and node.attr not in public:
+                    bad.append(f"{name}.py:{node.lineno} uses tl.{node.attr}, not in transferlearn.__all__")
+                if node.value.id == "sys" and node.attr == "path":
+                    bad.append(f"{name}.py:{node.lineno} touches sys.path")
+    assert bad == []
+    assert "datasets" not in MODULES  # would shadow Hugging Face's `datasets` package
+
+
+def test_benchmarks_have_no_import_cycle() -> None:
+    graph = {name: set().union(*(_siblings(m, n) for _, m, n in _imports(path))) - {name}
+             for name, path in MODULES.items()}
+    assert sum(map(len, graph.values())) > 10              # the parser sees the imports
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != "open", f"import cycle: {' -> '.join(trail + [node, nxt])}"
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = "done"
+    for name in MODULES:
+        if name not in state:
+            visit(name, [])
+
+
+def test_benchmark_modules_and_functions_stay_small() -> None:
+    long = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        if text.count("\n") > 300:
+            long.append(f"{name}.py: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 40:
+                long.append(f"{name}.py:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_benchmark_module_imports(name: str) -> None:
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert module.__doc__ and isinstance(module.__all__, list)
+
+
+@pytest.mark.parametrize("name", ["compare", "evidence", "levers", "head_epochs", "data_loading", "benchreport",
+                                  "evidence_report"])
+def test_entry_points_run_as_modules(name: str, capsys: pytest.CaptureFixture) -> None:
+    """Each runs as ``python -m benchmarks.<name>`` (the smoke runs above start three that way)."""
+    tree = ast.parse(MODULES[name].read_text())
+    assert any(isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'" for n in tree.body)
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"benchmarks.{name}").main(["--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.{name}")
+
+
+def test_the_levers_registry_reports_every_saved_result(tmp_path: Path) -> None:
+    from benchmarks.levers import ALL, LEVERS, report
+
+    assert set(ALL) <= set(LEVERS)
+    text = report(BENCH / "results")                    # the results committed beside the code
+    saved = sorted(p.stem.removeprefix("levers_") for p in (BENCH / "results").glob("levers_*.json"))
+    assert sorted(saved) == sorted(LEVERS)
+    assert [line.removeprefix("### ") for line in text.splitlines() if line.startswith("### ")] == list(LEVERS)
+    assert report(tmp_path) == ""                       # nothing saved there
