@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Subset
 
 from .benchutil import measure, median
-from .util import write_json
+from .util import module_command, write_json
 
 __all__ = ["TARGETS", "summarise", "markdown", "write", "scaling", "plot_scaling", "load", "rerender", "main"]
 
@@ -84,7 +84,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The results table (and the scaling grid) as Markdown."""
-    lines = [f"`{report['command']}` ({report['when']}; {report['machine']['cpu']}, "
+    lines = [f"`{module_command(report['command'])}` ({report['when']}; {report['machine']['cpu']}, "
              f"{report['machine']['cpus']} cpus, torch {report['machine']['torch']}, "
              f"device {report['machine']['device']})", "",
              "| part | case | seconds | x textbook | x floor | test acc (seeds) | peak RSS MB (+growth) "

@@ -21,6 +21,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .util import module_command
+
 __all__ = ["fmt", "claim_table", "decision_table", "probe_table", "render_all", "fill", "plot_decision"]
 
 # Whether each task's images look like ImageNet photos (older results files do not say).
@@ -160,13 +162,14 @@ def resolution_table(res: dict[str, Any]) -> str:
 def meta_table(meta: dict[str, Any]) -> str:
     """Command, machine, versions and the wall time."""
     return "\n".join([
-        "| | |", "| --- | --- |", f"| command | `{meta['command']}` |", f"| commit | `{meta['commit'][:10]}` |",
+        "| | |", "| --- | --- |", f"| command | `{module_command(meta['command'])}` |",
+        f"| commit | `{meta['commit'][:10]}` |",
         f"| processor | {meta['cpu']}, {meta['threads']} torch thread(s), load average "
         f"{meta.get('load_average_at_start', float('nan')):.1f} at the start |",
         f"| versions | torch {meta['torch']}, Python {meta['python']} |", f"| started | {meta['started']} |",
         f"| wall time | {meta.get('wall_seconds', 0) / 60:.1f} min |", f"| seeds | {meta['config']['seeds']} |"]
-        + [f"| added later | `{a['command']}` ({a['started']}, {a.get('wall_seconds', 0) / 60:.1f} min) |"
-           for a in meta.get("additions", [])])
+        + [f"| added later | `{module_command(a['command'])}` ({a['started']}, "
+           f"{a.get('wall_seconds', 0) / 60:.1f} min) |" for a in meta.get("additions", [])])
 
 
 def render_all(results: dict[str, Any]) -> dict[str, str]:

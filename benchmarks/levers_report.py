@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .util import module_command
+
 __all__ = ["table", "header", "channels_last_table", "backward_table", "compile_table", "workers_table",
            "head_table", "profile_table", "profile_head_table", "predict_table"]
 
@@ -28,9 +30,9 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 
 
 def header(lever: str, saved: dict[str, Any]) -> str:
-    """The section title and the command, threads and load a saved result was measured with."""
+    """The section title and the command (in its ``-m`` form), threads and load a saved result was measured with."""
     m = saved["machine"]
-    return (f"### {lever}\n\n`{saved.get('command', '')}` ({m['torch_threads']} thread(s), "
+    return (f"### {lever}\n\n`{module_command(saved.get('command', ''))}` ({m['torch_threads']} thread(s), "
             f"load average {m.get('load_average') or 0:.1f})\n")
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-__all__ = ["ROOT", "describe", "check_int", "check_float", "check_root", "atomic_write", "write_json"]
+__all__ = ["ROOT", "describe", "check_int", "check_float", "check_root", "atomic_write", "write_json",
+           "module_command"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +99,19 @@ def write_json(path: Path, payload: dict[str, Any], *, indent: int = 2) -> Path:
     """Write ``payload`` as indented JSON, atomically (non-JSON values become strings)."""
     text = json.dumps(payload, indent=indent, default=str) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+_RENAMED = {"compare_loops": "compare"}
+
+
+def module_command(command: str) -> str:
+    """A recorded command in today's form: ``python benchmarks/levers.py head`` (how results
+    saved before benchmarks/ became a package recorded it) reads ``python -m benchmarks.levers head``.
+
+    Example:
+        >>> module_command("python benchmarks/compare_loops.py --quick")
+        'python -m benchmarks.compare --quick'
+    """
+    def sub(m: re.Match) -> str:
+        return f"{m.group(1)} -m benchmarks.{_RENAMED.get(m.group(2), m.group(2))}"
+    return re.sub(r"(\S*python\S*) (?:\S*/)?benchmarks/(\w+)\.py", sub, command)

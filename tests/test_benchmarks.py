@@ -11,6 +11,7 @@ import ast
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,22 @@ def test_the_levers_registry_reports_every_saved_result(tmp_path: Path) -> None:
     assert sorted(saved) == sorted(LEVERS)
     assert [line.removeprefix("### ") for line in text.splitlines() if line.startswith("### ")] == list(LEVERS)
     assert report(tmp_path) == ""                       # nothing saved there
+    assert "`python -m benchmarks.levers backward --rounds 5" in text and "benchmarks/levers.py" not in text
+
+
+def test_recorded_commands_read_in_their_module_form() -> None:
+    from benchmarks.util import module_command
+
+    assert module_command("python benchmarks/compare_loops.py --quick") == "python -m benchmarks.compare --quick"
+    assert module_command(".venv/bin/python /repo/benchmarks/levers.py head --out benchmarks/results") == \
+        ".venv/bin/python -m benchmarks.levers head --out benchmarks/results"
+    assert module_command("python -m benchmarks.evidence --smoke") == "python -m benchmarks.evidence --smoke"
+
+
+def test_docs_and_scripts_run_the_benchmarks_as_modules() -> None:
+    """No command line in the docs or scripts runs a benchmark as a file (the old layout's form)."""
+    pattern = re.compile(r"python\S* +(\S*/)?benchmarks/\w+\.py")
+    files = [ROOT / "README.md", BENCH / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "scripts").glob("*.sh"),
+             *BENCH.glob("*.sh"), *(f for f in BENCH.glob("*.py") if f.name != "util.py")]   # util: module_command
+    found = [f"{f.relative_to(ROOT)}: {m.group(0)}" for f in files for m in pattern.finditer(f.read_text())]
+    assert found == []
