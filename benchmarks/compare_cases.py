@@ -23,9 +23,11 @@ import transferlearn as tl
 from . import textbook as tb
 from .models import chapter_transform, mobilenet
 
-__all__ = ["Bench", "CASES", "Case", "a_textbook_n", "a_library_n"]
+__all__ = ["Bench", "CASES", "Case", "Made", "a_textbook_n", "a_library_n"]
 
-Case = Callable[["Bench"], tuple[Callable[[], Any], Callable[[Any], dict[str, Any]]]]
+# what a case returns: (the call to time, the untimed scoring of its result)
+Made = tuple[Callable[[], Any], Callable[[Any], dict[str, Any]]]
+Case = Callable[["Bench"], "Made | None"]
 
 
 @dataclass
@@ -64,18 +66,18 @@ class Bench:
 
 
 # ------------------------------------------------------------------- (a) feature extraction
-def a_textbook(b: Bench):
+def a_textbook(b: Bench) -> Made:
     model = tb.chapter_model(b.classes, b.weights, b.settings, b.seed)
     return (lambda: tb.feature_extraction(model, b.loader(b.train), b.settings, epochs=5)), b.score
 
 
-def a_library(b: Bench):
+def a_library(b: Bench) -> Made:
     model = b.library_model()
     return (lambda: b.trainer(model).fit(b.loader(b.train), warmup_epochs=5, finetune_epochs=0)), \
         (lambda _: b.score(model))
 
 
-def a_default(b: Bench):
+def a_default(b: Bench) -> Made:
     model = b.library_model()
     # The feature-extraction row of the decision table (it starts fine-tuning from 30 images
     # per class): the default a user who picks feature extraction gets, head epochs included.
@@ -87,7 +89,7 @@ def a_default(b: Bench):
                            f"{strategy.finetune_epochs} epochs"}
 
 
-def a_probe(b: Bench):
+def a_probe(b: Bench) -> Made:
     from sklearn.linear_model import LogisticRegression
 
     model = b.library_model()
@@ -104,12 +106,12 @@ def a_probe(b: Bench):
 
 
 # ------------------------------------------------------------------------ (b) fine-tuning
-def b_textbook(b: Bench):
+def b_textbook(b: Bench) -> Made:
     model = tb.chapter_model(b.classes, b.weights, b.settings, b.seed)
     return (lambda: tb.fine_tuning(model, b.loader(b.train), b.settings, warmup=2, finetune=3)), b.score
 
 
-def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_options: Any):
+def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_options: Any) -> Made:
     model = b.library_model()
 
     def run() -> Any:
@@ -119,12 +121,12 @@ def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_opt
     return run, lambda _: b.score(model)
 
 
-def b_library_bn(b: Bench):
+def b_library_bn(b: Bench) -> Made:
     """BatchNorm statistics adapting in the fine-tune phase, as they do in the chapter's loop."""
     return b_library(b, {"freeze_bn": False})
 
 
-def b_library_no_cl(b: Bench):
+def b_library_no_cl(b: Bench) -> Made:
     """The layout lever off (a library without the option runs its only layout)."""
     options = {"channels_last": False} if "channels_last" in inspect.signature(tl.Trainer).parameters else {}
     return b_library(b, **options)
@@ -145,7 +147,7 @@ def _agreement(b: Bench, probs: torch.Tensor) -> dict[str, Any]:
     return {"max_abs_diff": diff, "note": f"max |p - p_raw| = {diff:.1e}"}
 
 
-def c_raw(b: Bench):
+def c_raw(b: Bench) -> Made:
     model = _predict_model(b)
 
     def score(probs: torch.Tensor) -> dict[str, Any]:
@@ -154,12 +156,12 @@ def c_raw(b: Bench):
     return (lambda: tb.raw_predict(model, b.loader(b.test, shuffle=False), b.settings)), score
 
 
-def c_trainer_predict(b: Bench):
+def c_trainer_predict(b: Bench) -> Made:
     trainer = b.trainer(_predict_model(b))
     return (lambda: trainer.predict(b.loader(b.test, shuffle=False))), lambda p: _agreement(b, p)
 
 
-def c_classifier(b: Bench):
+def c_classifier(b: Bench) -> Made | None:
     if not hasattr(tl, "load_classifier"):
         return None
     directory = b.tmp / "classifier"
@@ -186,7 +188,7 @@ def c_classifier(b: Bench):
 
 
 # ---------------------------------------------------------------------------- (d) floor
-def d_floor(b: Bench):
+def d_floor(b: Bench) -> Made:
     model = b.library_model().to(b.settings.device)
     return (lambda: tb.floor_pass(model, b.loader(b.train, shuffle=False), b.settings)), \
         (lambda n: {"note": f"{n} training images"})
@@ -200,7 +202,7 @@ def _photo_sets(b: Bench) -> tuple[Dataset, Dataset, int]:
     return train, val, len(train.classes)
 
 
-def e_textbook(b: Bench):
+def e_textbook(b: Bench) -> Made:
     holder: dict[str, Any] = {}
 
     def run() -> Any:
@@ -210,7 +212,7 @@ def e_textbook(b: Bench):
     return run, lambda _: b.score(holder["model"], holder["val"])
 
 
-def e_library(b: Bench):
+def e_library(b: Bench) -> Made | None:
     if not hasattr(tl, "load_image_folder"):
         return None
     holder: dict[str, Any] = {}
@@ -224,7 +226,7 @@ def e_library(b: Bench):
     return run, lambda _: b.score(holder["model"], holder["val"])
 
 
-def e_floor(b: Bench):
+def e_floor(b: Bench) -> Made:
     model = b.library_model().to(b.settings.device)
     return (lambda: tb.floor_pass(model, b.loader(_photo_sets(b)[0], shuffle=False), b.settings)), \
         (lambda n: {"note": f"{n} photos, decoded by ImageFolder"})
