@@ -1,6 +1,6 @@
-"""Tables, targets, the scaling grid and its plot for ``compare_loops.py``.
+"""Tables, targets, the scaling grid and its plot for ``python -m benchmarks.compare``.
 
-    python benchmarks/benchreport.py benchmarks/results/compare_loops   # re-render a saved run
+    python -m benchmarks.benchreport benchmarks/results/compare_loops   # re-render a saved run
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from benchutil import measure, median, write_json
 from torch.utils.data import Subset
 
-__all__ = ["TARGETS", "summarise", "markdown", "write", "scaling", "plot_scaling", "load", "rerender"]
+from .benchutil import measure, median
+from .util import module_command, write_json
+
+__all__ = ["TARGETS", "summarise", "markdown", "write", "scaling", "plot_scaling", "load", "rerender", "main"]
 
 # label -> (minimum speed-up over the part's textbook row, accuracy rule, the issue's words)
 TARGETS: dict[str, tuple[float, str, str]] = {
@@ -71,7 +73,7 @@ def summarise(rows: list[dict[str, Any]], args: Any, machine: dict[str, Any], sc
             if r["speedup"] is not None else []
         r["x_floor"] = r["seconds"] / floor["seconds"] if r["runs"] and floor and floor["runs"] else None
         r["target"] = _target(r, textbook, part.get("reference"))
-    return {"command": "python benchmarks/compare_loops.py " + " ".join(argv), "machine": machine,
+    return {"command": "python -m benchmarks.compare " + " ".join(argv), "machine": machine,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "when": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "scaling": scaling}
 
@@ -82,7 +84,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The results table (and the scaling grid) as Markdown."""
-    lines = [f"`{report['command']}` ({report['when']}; {report['machine']['cpu']}, "
+    lines = [f"`{module_command(report['command'])}` ({report['when']}; {report['machine']['cpu']}, "
              f"{report['machine']['cpus']} cpus, torch {report['machine']['torch']}, "
              f"device {report['machine']['device']})", "",
              "| part | case | seconds | x textbook | x floor | test acc (seeds) | peak RSS MB (+growth) "
@@ -184,8 +186,16 @@ def rerender(stem: Path) -> str:
     return markdown(report)
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """Re-render each saved run named on the command line (a results stem, without suffix)."""
+    import argparse
 
-    for arg in sys.argv[1:]:
-        print(rerender(Path(arg)))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.benchreport",
+                                description="re-render saved runs of python -m benchmarks.compare")
+    p.add_argument("stems", nargs="+", type=Path, help="e.g. benchmarks/results/compare_loops")
+    for stem in p.parse_args(argv).stems:
+        print(rerender(stem))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,16 @@
-"""Shared helpers of the speed benchmarks: timing with peak memory, the machine, tiny data.
+"""The benchmarks' one set of timing helpers: a timed call with peak memory, interleaved
+medians, and what machine the numbers came from.
 
-Used by ``compare_loops.py`` and ``levers.py`` (run from the repository root as
-``python benchmarks/<script>.py``; this folder is then first on ``sys.path``).
+Importing it points ``TORCH_HOME`` at the repository's ``.cache/torch`` unless it is set.
+
+Example:
+    >>> from benchmarks.benchutil import interleaved
+    >>> sorted(interleaved({"a": lambda: None, "b": lambda: None}, rounds=3))
+    ['a', 'b']
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -14,14 +18,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["ROOT", "Measured", "measure", "median", "machine", "split_folder", "write_json", "sync"]
+from .util import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["Measured", "measure", "median", "seconds", "interleaved", "machine", "sync"]
+
 os.environ.setdefault("TORCH_HOME", str(ROOT / ".cache" / "torch"))
 
 
@@ -76,15 +80,35 @@ def measure(fn: Callable[[], Any], device: torch.device) -> Measured:
         began = time.perf_counter()
         value = fn()
         sync(device)
-        seconds = time.perf_counter() - began
+        elapsed = time.perf_counter() - began
     cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return Measured(seconds=seconds, peak_rss_mb=rss.peak / 2**20,
+    return Measured(seconds=elapsed, peak_rss_mb=rss.peak / 2**20,
                     rss_growth_mb=(rss.peak - rss.start_rss) / 2**20, cuda_peak_mb=cuda, value=value)
 
 
 def median(values: list[float]) -> float:
     """The median, or NaN for an empty list."""
     return statistics.median(values) if values else float("nan")
+
+
+def seconds(run: Callable[[], Any]) -> float:
+    """Wall-clock seconds of one call of ``run()``."""
+    began = time.perf_counter()
+    run()
+    return time.perf_counter() - began
+
+
+def interleaved(fns: dict[Any, Callable[[], Any]], rounds: int, *, warm: bool = True) -> dict[Any, float]:
+    """Median seconds per call of each function, timed round-robin (after one untimed call
+    each when ``warm``), so slow drifts of a shared machine hit every variant alike."""
+    if warm:
+        for fn in fns.values():
+            fn()
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(seconds(fn))
+    return {k: median(v) for k, v in times.items()}
 
 
 def _lscpu() -> dict[str, str]:
@@ -107,39 +131,3 @@ def machine(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def split_folder(name: str, *, test_fraction: float, seed: int = 0) -> tuple[Path, Path]:
-    """A stratified, seeded split of a ``benchmarks/datasets.py`` folder into ``train``/``val``.
-
-    The files are symlinked (not copied) into ``.cache/bench/<name>-split-<fraction>-<seed>``,
-    so ``ImageFolder(root/"train")`` and ``load_image_folder(root)`` read the same photos.
-    """
-    import random
-
-    import datasets as bench_datasets  # benchmarks/datasets.py: the one fetcher
-
-    source = Path(getattr(bench_datasets, name)())
-    dest = ROOT / ".cache" / "bench" / f"{name}-split-{test_fraction:g}-{seed}"
-    if not (dest / ".done").exists():
-        rng = random.Random(seed)
-        for cls in sorted(p.name for p in source.iterdir() if p.is_dir()):
-            files = sorted(f for f in (source / cls).iterdir() if f.is_file())
-            rng.shuffle(files)
-            n_val = round(len(files) * test_fraction)
-            for split, members in (("val", files[:n_val]), ("train", files[n_val:])):
-                folder = dest / split / cls
-                folder.mkdir(parents=True, exist_ok=True)
-                for f in members:
-                    link = folder / f.name
-                    if not link.exists():
-                        link.symlink_to(f.resolve())
-        (dest / ".done").write_text("ok\n")
-    return dest / "train", dest / "val"
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON (non-JSON values become strings)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path

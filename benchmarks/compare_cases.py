@@ -1,4 +1,4 @@
-"""The cases of ``compare_loops.py``: each builds its model untimed and returns ``(run, score)``.
+"""The cases of ``python -m benchmarks.compare``: each builds its model untimed and returns ``(run, score)``.
 
 ``run()`` is what the benchmark times; ``score(result)`` (untimed) gives the test accuracy
 or the agreement with the raw forward. ``CASES`` lists them as ``(part, role, label, case)``;
@@ -14,17 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import textbook as tb
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
 
 import transferlearn as tl
 
-__all__ = ["Bench", "CASES", "Case", "transform", "a_textbook_n", "a_library_n"]
+from . import textbook as tb
+from .models import chapter_transform, mobilenet
 
-Case = Callable[["Bench"], tuple[Callable[[], Any], Callable[[Any], dict[str, Any]]]]
+__all__ = ["Bench", "CASES", "Case", "Made", "a_textbook_n", "a_library_n"]
+
+# what a case returns: (the call to time, the untimed scoring of its result)
+Made = tuple[Callable[[], Any], Callable[[Any], dict[str, Any]]]
+Case = Callable[["Bench"], "Made | None"]
 
 
 @dataclass
@@ -51,9 +54,8 @@ class Bench:
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def library_model(self, num_classes: int | None = None) -> torch.nn.Module:
-        torch.manual_seed(self.seed)
-        model = tl.load_model("mobilenet_v2", weights=self.weights, num_classes=num_classes or self.classes)
-        return model.to(memory_format=torch.channels_last) if self.settings.channels_last else model
+        return mobilenet(num_classes or self.classes, weights=self.weights, seed=self.seed,
+                         channels_last=self.settings.channels_last)
 
     def trainer(self, model: torch.nn.Module, **options: Any) -> tl.Trainer:
         return tl.Trainer(model, device=self.settings.device, progress=False, seed=self.seed,
@@ -63,26 +65,19 @@ class Bench:
         return {"accuracy": tb.accuracy(model, self.loader(data or self.test, shuffle=False), self.settings)}
 
 
-def transform(size: int, photos: bool = False) -> T.Compose:
-    """The chapter's eval preprocessing at ``size`` (photos: resize by 256/224, then crop)."""
-    resize = round(size * 256 / 224) if photos else size
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize(tl.IMAGENET_MEAN, tl.IMAGENET_STD)])
-
-
 # ------------------------------------------------------------------- (a) feature extraction
-def a_textbook(b: Bench):
+def a_textbook(b: Bench) -> Made:
     model = tb.chapter_model(b.classes, b.weights, b.settings, b.seed)
     return (lambda: tb.feature_extraction(model, b.loader(b.train), b.settings, epochs=5)), b.score
 
 
-def a_library(b: Bench):
+def a_library(b: Bench) -> Made:
     model = b.library_model()
     return (lambda: b.trainer(model).fit(b.loader(b.train), warmup_epochs=5, finetune_epochs=0)), \
         (lambda _: b.score(model))
 
 
-def a_default(b: Bench):
+def a_default(b: Bench) -> Made:
     model = b.library_model()
     # The feature-extraction row of the decision table (it starts fine-tuning from 30 images
     # per class): the default a user who picks feature extraction gets, head epochs included.
@@ -94,7 +89,7 @@ def a_default(b: Bench):
                            f"{strategy.finetune_epochs} epochs"}
 
 
-def a_probe(b: Bench):
+def a_probe(b: Bench) -> Made:
     from sklearn.linear_model import LogisticRegression
 
     model = b.library_model()
@@ -111,12 +106,12 @@ def a_probe(b: Bench):
 
 
 # ------------------------------------------------------------------------ (b) fine-tuning
-def b_textbook(b: Bench):
+def b_textbook(b: Bench) -> Made:
     model = tb.chapter_model(b.classes, b.weights, b.settings, b.seed)
     return (lambda: tb.fine_tuning(model, b.loader(b.train), b.settings, warmup=2, finetune=3)), b.score
 
 
-def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_options: Any):
+def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_options: Any) -> Made:
     model = b.library_model()
 
     def run() -> Any:
@@ -126,12 +121,12 @@ def b_library(b: Bench, fit_options: dict[str, Any] | None = None, **trainer_opt
     return run, lambda _: b.score(model)
 
 
-def b_library_bn(b: Bench):
+def b_library_bn(b: Bench) -> Made:
     """BatchNorm statistics adapting in the fine-tune phase, as they do in the chapter's loop."""
     return b_library(b, {"freeze_bn": False})
 
 
-def b_library_no_cl(b: Bench):
+def b_library_no_cl(b: Bench) -> Made:
     """The layout lever off (a library without the option runs its only layout)."""
     options = {"channels_last": False} if "channels_last" in inspect.signature(tl.Trainer).parameters else {}
     return b_library(b, **options)
@@ -152,7 +147,7 @@ def _agreement(b: Bench, probs: torch.Tensor) -> dict[str, Any]:
     return {"max_abs_diff": diff, "note": f"max |p - p_raw| = {diff:.1e}"}
 
 
-def c_raw(b: Bench):
+def c_raw(b: Bench) -> Made:
     model = _predict_model(b)
 
     def score(probs: torch.Tensor) -> dict[str, Any]:
@@ -161,12 +156,12 @@ def c_raw(b: Bench):
     return (lambda: tb.raw_predict(model, b.loader(b.test, shuffle=False), b.settings)), score
 
 
-def c_trainer_predict(b: Bench):
+def c_trainer_predict(b: Bench) -> Made:
     trainer = b.trainer(_predict_model(b))
     return (lambda: trainer.predict(b.loader(b.test, shuffle=False))), lambda p: _agreement(b, p)
 
 
-def c_classifier(b: Bench):
+def c_classifier(b: Bench) -> Made | None:
     if not hasattr(tl, "load_classifier"):
         return None
     directory = b.tmp / "classifier"
@@ -193,7 +188,7 @@ def c_classifier(b: Bench):
 
 
 # ---------------------------------------------------------------------------- (d) floor
-def d_floor(b: Bench):
+def d_floor(b: Bench) -> Made:
     model = b.library_model().to(b.settings.device)
     return (lambda: tb.floor_pass(model, b.loader(b.train, shuffle=False), b.settings)), \
         (lambda n: {"note": f"{n} training images"})
@@ -202,12 +197,12 @@ def d_floor(b: Bench):
 # ------------------------------------------------------------------ (e) photos end to end
 def _photo_sets(b: Bench) -> tuple[Dataset, Dataset, int]:
     size = b.args.photo_size
-    train = tv_datasets.ImageFolder(str(b.photos / "train"), transform=transform(size, photos=True))
-    val = tv_datasets.ImageFolder(str(b.photos / "val"), transform=transform(size, photos=True))
+    train = tv_datasets.ImageFolder(str(b.photos / "train"), transform=chapter_transform(size, photos=True))
+    val = tv_datasets.ImageFolder(str(b.photos / "val"), transform=chapter_transform(size, photos=True))
     return train, val, len(train.classes)
 
 
-def e_textbook(b: Bench):
+def e_textbook(b: Bench) -> Made:
     holder: dict[str, Any] = {}
 
     def run() -> Any:
@@ -217,7 +212,7 @@ def e_textbook(b: Bench):
     return run, lambda _: b.score(holder["model"], holder["val"])
 
 
-def e_library(b: Bench):
+def e_library(b: Bench) -> Made | None:
     if not hasattr(tl, "load_image_folder"):
         return None
     holder: dict[str, Any] = {}
@@ -231,7 +226,7 @@ def e_library(b: Bench):
     return run, lambda _: b.score(holder["model"], holder["val"])
 
 
-def e_floor(b: Bench):
+def e_floor(b: Bench) -> Made:
     model = b.library_model().to(b.settings.device)
     return (lambda: tb.floor_pass(model, b.loader(_photo_sets(b)[0], shuffle=False), b.settings)), \
         (lambda n: {"note": f"{n} photos, decoded by ImageFolder"})
@@ -255,7 +250,6 @@ CASES: list[tuple[str, str, str, Case]] = [
     ("e", "library", "load_image_folder + Trainer.fit (2+3)", e_library),
     ("e", "floor", "one inference pass over the photos (ImageFolder)", e_floor),
 ]
-
 
 
 def a_textbook_n(b: Bench, data: Dataset, epochs: int) -> Callable[[], Any]:

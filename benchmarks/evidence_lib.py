@@ -1,6 +1,6 @@
-"""The building blocks of ``evidence.py``: tasks, seeded splits, one training run, probes.
+"""The building blocks of ``python -m benchmarks.evidence``: tasks, seeded splits, one training run, probes.
 
-A *task* is a dataset decoded once to uint8 tensors (``datasets.decoded``), with a fixed
+A *task* is a dataset decoded once to uint8 tensors (``benchmarks.tensors.decoded``), with a fixed
 test set per seed: for each class, a seeded permutation gives ``test_per_class`` test images
 first and the training images after them, so every condition of a comparison (and every
 size of the decision table) is judged on the same test images for the same seed.
@@ -26,9 +26,10 @@ from torchvision.transforms import v2
 
 import transferlearn as tl
 
+from .models import PRETRAINED, mobilenet
+
 __all__ = ["NORMS", "Task", "TensorImages", "Run", "run", "probe", "train_mode_accuracy", "grey_stem"]
 
-ARCH, WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
 GREY_MEAN = float(np.mean(tl.IMAGENET_MEAN))
 GREY_STD = float(np.mean(tl.IMAGENET_STD))
 
@@ -138,8 +139,8 @@ def _loader(task: Task, idx: np.ndarray, transform: Callable, batch_size: int, s
 
 
 def build_model(task: Task, spec: Run, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = tl.load_model(ARCH, weights=WEIGHTS if spec.pretrained else None, num_classes=len(task.classes))
+    """MobileNetV2 (pretrained unless ``spec.pretrained`` is False) for ``task``, head seeded with ``seed``."""
+    model = mobilenet(len(task.classes), weights=PRETRAINED if spec.pretrained else None, seed=seed)
     return grey_stem(model, spec.stem)
 
 

@@ -1,6 +1,7 @@
-"""Turn ``evidence.py``'s JSON into Markdown tables (in place in ``docs/evidence.md``) and a plot.
+"""Turn ``python -m benchmarks.evidence``'s JSON into Markdown tables (in place in
+``docs/evidence.md``) and a plot.
 
-    .venv/bin/python benchmarks/evidence_report.py benchmarks/evidence_results/full.json \\
+    .venv/bin/python -m benchmarks.evidence_report benchmarks/evidence_results/full.json \\
         --doc docs/evidence.md --plot docs/evidence_decision.png
 
 The page keeps its prose; every generated block sits between ``<!-- table:NAME -->`` and
@@ -19,6 +20,8 @@ import re
 import statistics
 from pathlib import Path
 from typing import Any
+
+from .util import module_command
 
 __all__ = ["fmt", "claim_table", "decision_table", "probe_table", "render_all", "fill", "plot_decision"]
 
@@ -159,13 +162,14 @@ def resolution_table(res: dict[str, Any]) -> str:
 def meta_table(meta: dict[str, Any]) -> str:
     """Command, machine, versions and the wall time."""
     return "\n".join([
-        "| | |", "| --- | --- |", f"| command | `{meta['command']}` |", f"| commit | `{meta['commit'][:10]}` |",
+        "| | |", "| --- | --- |", f"| command | `{module_command(meta['command'])}` |",
+        f"| commit | `{meta['commit'][:10]}` |",
         f"| processor | {meta['cpu']}, {meta['threads']} torch thread(s), load average "
         f"{meta.get('load_average_at_start', float('nan')):.1f} at the start |",
         f"| versions | torch {meta['torch']}, Python {meta['python']} |", f"| started | {meta['started']} |",
         f"| wall time | {meta.get('wall_seconds', 0) / 60:.1f} min |", f"| seeds | {meta['config']['seeds']} |"]
-        + [f"| added later | `{a['command']}` ({a['started']}, {a.get('wall_seconds', 0) / 60:.1f} min) |"
-           for a in meta.get("additions", [])])
+        + [f"| added later | `{module_command(a['command'])}` ({a['started']}, "
+           f"{a.get('wall_seconds', 0) / 60:.1f} min) |" for a in meta.get("additions", [])])
 
 
 def render_all(results: dict[str, Any]) -> dict[str, str]:
@@ -218,7 +222,8 @@ def plot_decision(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Markdown tables and a plot from evidence.py's JSON")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.evidence_report",
+                                description="Markdown tables and a plot from python -m benchmarks.evidence's JSON")
     p.add_argument("results", type=Path)
     p.add_argument("--doc", type=Path, help="fill the table blocks of this Markdown file in place")
     p.add_argument("--plot", type=Path, help="write the decision-table plot here (PNG)")

@@ -9,26 +9,30 @@ fresh Linear head with AdamW (batch 32, shuffled) for 10-160 epochs at three lea
 30 images per class): digits, chess and the solar cells (elpv, a far domain) with 29
 training images per class, lr 1e-3 (the strategy's), 25-200 epochs, 5 splits x seeds.
 
-    TORCH_HOME=.cache/torch .venv/bin/python benchmarks/head_epochs.py
-    TORCH_HOME=.cache/torch .venv/bin/python benchmarks/head_epochs.py --per-class 29
+    TORCH_HOME=.cache/torch .venv/bin/python -m benchmarks.head_epochs
+    TORCH_HOME=.cache/torch .venv/bin/python -m benchmarks.head_epochs --per-class 29
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import transferlearn as tl
 
-import transferlearn as tl  # noqa: E402
-from benchmarks.datasets import decoded  # noqa: E402
+from .models import PRETRAINED, mobilenet
+from .tensors import decoded
+
+__all__ = ["features", "head_accuracy", "few_per_class", "main"]
 
 
-def features(name: str, size: int, per_class: int | None, seed: int = 0):
+Tensor = torch.Tensor
+
+
+def features(name: str, size: int, per_class: int | None, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Train/test features and labels of a stratified split, and the number of classes."""
     data = decoded(name, size=size)
     x = data.images.float() / 255
@@ -43,12 +47,14 @@ def features(name: str, size: int, per_class: int | None, seed: int = 0):
         k = per_class or len(idx) // 2
         train += idx[:k]
         test += idx[k:]
-    model = tl.load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=len(data.classes))
+    model = mobilenet(len(data.classes), weights=PRETRAINED)
     f = tl.extract_features(model, DataLoader(TensorDataset(x, y), batch_size=128)).tensors[0]
     return f[train], y[train], f[test], y[test], len(data.classes)
 
 
-def head_accuracy(ftr, ytr, fte, yte, classes: int, lr: float, epochs: int, seed: int) -> float:
+def head_accuracy(ftr: Tensor, ytr: Tensor, fte: Tensor, yte: Tensor, classes: int, lr: float, epochs: int,
+                  seed: int) -> float:
+    """Test accuracy of a fresh Linear head trained with AdamW (batch 32, shuffled) on the features."""
     torch.manual_seed(seed)
     head = torch.nn.Linear(ftr.shape[1], classes)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
@@ -85,12 +91,17 @@ def few_per_class(per_class: int) -> None:
                   f"{np.mean(gaps[epochs]):+.4f} +- {np.std(gaps[epochs]):.4f}", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The default epoch and learning-rate grid, or with ``--per-class N`` the few-images row."""
     from sklearn.linear_model import LogisticRegression
 
+    p = argparse.ArgumentParser(prog="python -m benchmarks.head_epochs", description=__doc__.splitlines()[0])
+    p.add_argument("--per-class", type=int, default=None,
+                   help="training images per class: measure the decision table's feature-extraction row")
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
-    if "--per-class" in sys.argv:
-        few_per_class(int(sys.argv[sys.argv.index("--per-class") + 1]))
+    if args.per_class is not None:
+        few_per_class(args.per_class)
         return
     for name, size, per_class in [("digits", 64, 60), ("chess", 128, None)]:
         ftr, ytr, fte, yte, classes = features(name, size, per_class)

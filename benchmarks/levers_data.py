@@ -1,4 +1,5 @@
-"""The data levers of ``levers.py``: DataLoader workers on real JPEGs, the converged head.
+"""The data levers of ``python -m benchmarks.levers``: DataLoader workers on real JPEGs, the
+converged head, and a saved classifier's ``predict`` against the raw forward.
 
 The workers lever reads the chess photos through ``ImageFolder`` (and ``load_image_folder``)
 with a MobileNetV2 forward per batch; the head lever trains heads on cached pretrained
@@ -13,10 +14,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from benchutil import ROOT, median
 from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets
 
 import transferlearn as tl
+
+from . import textbook as tb
+from .benchutil import interleaved, median
+from .models import PRETRAINED, chapter_transform, mobilenet
+from .sources import chess, split_folder
+from .util import ROOT, atomic_write
 
 __all__ = ["lever_workers", "lever_head", "lever_predict"]
 
@@ -26,14 +34,10 @@ def lever_workers(size: int, settings: list[tuple[int, bool]], epochs: int,
                   save: Callable[[Any], None] = lambda rows: None) -> list[dict[str, Any]]:
     """Seconds for ``epochs`` passes over the real chess photos (decode + resize + crop
     through ImageFolder) with a MobileNetV2 forward, per DataLoader setting."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets
-
-    root = _chess_root()
+    root = chess()
     transform = tl.imagenet_transform(size=size, resize=round(size * 256 / 224))
     data = datasets.ImageFolder(str(root), transform=transform)
-    torch.manual_seed(0)
-    model = tl.load_model("mobilenet_v2", weights=None, num_classes=len(data.classes)).eval()
+    model = mobilenet(len(data.classes), weights=None, seed=0).eval()
     rows = []
     for workers, persistent in settings:
         loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=workers,
@@ -80,32 +84,20 @@ def _library_folder_epochs(root: Path, size: int, epochs: int, model: nn.Module)
     return row
 
 
-def _chess_root() -> Path:
-    """The chess photos, folder per class, from the evidence engineer's fetcher."""
-    import datasets as bench_datasets  # benchmarks/datasets.py
-
-    return Path(bench_datasets.chess())
-
-
 # --------------------------------------------------------------------------------- head
 def _head_features(which: str, size: int) -> tuple[Any, Any, int]:
     """Pretrained MobileNetV2 features of a train and a test split (cached on disk)."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets
-
     cache = ROOT / ".cache" / "bench" / f"features_{which}_{size}.pt"
     if cache.exists():
         saved = torch.load(cache, weights_only=True)
         return saved["train"], saved["test"], saved["classes"]
-    from benchutil import split_folder
     train_dir, test_dir = split_folder(which, test_fraction=0.3 if which == "digits" else 0.5)
     transform = tl.imagenet_transform(size=size, resize=round(size * 256 / 224))
     train = datasets.ImageFolder(str(train_dir), transform=transform)
     test = datasets.ImageFolder(str(test_dir), transform=transform)
-    model = tl.load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=len(train.classes))
+    model = mobilenet(len(train.classes), weights=PRETRAINED)
     feats = [tl.extract_features(model, DataLoader(d, batch_size=64)).tensors for d in (train, test)]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"train": feats[0], "test": feats[1], "classes": len(train.classes)}, cache)
+    atomic_write(cache, lambda f: torch.save({"train": feats[0], "test": feats[1], "classes": len(train.classes)}, f))
     return feats[0], feats[1], len(train.classes)
 
 
@@ -181,44 +173,41 @@ def lever_head(which: str, size: int, seeds: int) -> list[dict[str, Any]]:
 def lever_predict(size: int, images: int, rounds: int, out: Path) -> dict[str, Any]:
     """A loaded classifier's ``predict`` on image files against the raw forward over an
     ``ImageFolder`` of the same files (interleaved), and a cProfile of ``predict``."""
-    import cProfile
-    import io
-    import pstats
     import tempfile
 
-    import textbook as tb
-    from benchutil import split_folder
-    from compare_cases import transform
-    from levers import interleaved
-    from torch.utils.data import DataLoader
-    from torchvision import datasets
-
     _, test_dir = split_folder("digits", test_fraction=0.3)
-    test = datasets.ImageFolder(str(test_dir), transform=transform(size))
+    test = datasets.ImageFolder(str(test_dir), transform=chapter_transform(size))
     test.samples = test.samples[:images]
     paths = [p for p, _ in test.samples]
-    torch.manual_seed(0)
-    model = tl.load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=10).eval()
+    model = mobilenet(10, weights=PRETRAINED, seed=0).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tl.save_classifier(model, Path(tmp) / "clf", classes=[str(i) for i in range(10)],
                            transform=tl.imagenet_transform(size=size, resize=size), arch="mobilenet_v2")
         clf = tl.load_classifier(Path(tmp) / "clf")
     settings = tb.Settings(torch.device("cpu"))
-    seconds = interleaved({"raw": lambda: tb.raw_predict(model, DataLoader(test, batch_size=32), settings),
-                           "classifier": lambda: clf.predict(paths)}, rounds)
-    prof = cProfile.Profile()
-    prof.enable()
-    clf.predict(paths)
-    prof.disable()
-    text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(25)
-    (out / f"profile_classifier_predict_{size}px.txt").write_text(
-        f"load_classifier(...).predict({images} digit files) at {size}px, {torch.get_num_threads()} thread(s); "
-        f"raw forward {seconds['raw']:.3f}s, predict {seconds['classifier']:.3f}s (medians)\n{text.getvalue()}")
-    result = {"size": size, "images": images, "raw_s": seconds["raw"], "classifier_s": seconds["classifier"],
-              "throughput_vs_raw": seconds["raw"] / seconds["classifier"],
-              "file": f"profile_classifier_predict_{size}px.txt"}
-    print(f"  {size}px: raw {seconds['raw']:.2f}s, classifier.predict {seconds['classifier']:.2f}s "
+    timed = interleaved({"raw": lambda: tb.raw_predict(model, DataLoader(test, batch_size=32), settings),
+                         "classifier": lambda: clf.predict(paths)}, rounds)
+    file = f"profile_classifier_predict_{size}px.txt"
+    (out / file).write_text(f"load_classifier(...).predict({images} digit files) at {size}px, "
+                            f"{torch.get_num_threads()} thread(s); raw forward {timed['raw']:.3f}s, "
+                            f"predict {timed['classifier']:.3f}s (medians)\n{_cprofile(lambda: clf.predict(paths))}")
+    result = {"size": size, "images": images, "raw_s": timed["raw"], "classifier_s": timed["classifier"],
+              "throughput_vs_raw": timed["raw"] / timed["classifier"], "file": file}
+    print(f"  {size}px: raw {timed['raw']:.2f}s, classifier.predict {timed['classifier']:.2f}s "
           f"({result['throughput_vs_raw']:.2f}x raw throughput)", flush=True)
     return result
 
+
+def _cprofile(run: Callable[[], Any]) -> str:
+    """cProfile's 25 largest cumulative entries of one call of ``run()``."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(25)
+    return text.getvalue()

@@ -7,8 +7,11 @@ results files are written; the report logic is checked on hand-made numbers.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +28,10 @@ pytest.importorskip("sklearn")
 
 
 def _env() -> dict[str, str]:
+    """This interpreter (``PYTHON`` for the shell scripts) with the repository first on its path."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "TORCH_HOME": os.environ.get("TORCH_HOME", str(ROOT / ".cache" / "torch")),
-            "MPLBACKEND": "Agg"}
+            "MPLBACKEND": "Agg", "PYTHON": sys.executable, "PYTHONPATH": path}
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -38,7 +43,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     stem = tmp_path_factory.mktemp("bench") / "compare"
-    _run([sys.executable, str(BENCH / "compare_loops.py"), *TINY, "--out", str(stem)])
+    _run([sys.executable, "-m", "benchmarks.compare", *TINY, "--out", str(stem)])
     report = json.loads(stem.with_suffix(".json").read_text())
     report["_stem"] = str(stem)
     return report
@@ -49,11 +54,9 @@ def _row(report: dict, case: str) -> dict:
 
 
 def test_every_case_runs_once_per_repeat(report: dict) -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        from compare_loops import CASES
-    finally:
-        sys.path.remove(str(BENCH))
+    from benchmarks.compare_cases import CASES
+
+    assert report["command"].startswith("python -m benchmarks.compare --weights none")
     assert [r["case"] for r in report["rows"]] == [label for _, _, label, _ in CASES]
     for row in report["rows"]:
         assert len(row["runs"]) == 1, row["case"]
@@ -91,11 +94,7 @@ def test_results_files_and_scaling_plot(report: dict) -> None:
 
 
 def _summarise(rows: list[dict]) -> list[dict]:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import benchreport
-    finally:
-        sys.path.remove(str(BENCH))
+    from benchmarks import benchreport
 
     class Args:
         out = Path("x")
@@ -141,9 +140,137 @@ def test_gpu_check_refuses_an_unknown_device() -> None:
 
 
 def test_levers_backward_smoke(tmp_path: Path) -> None:
-    _run([sys.executable, str(BENCH / "levers.py"), "backward", "--size", "32", "--rounds", "1",
+    _run([sys.executable, "-m", "benchmarks.levers", "backward", "--size", "32", "--rounds", "1",
           "--threads", "1", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "levers_backward.json").read_text())["rows"]
+    saved = json.loads((tmp_path / "levers_backward.json").read_text())
+    assert saved["command"] == "python -m benchmarks.levers backward --size 32 --rounds 1 --threads 1 --out " + str(tmp_path)
+    rows = saved["rows"]
     assert [r["variant"] for r in rows] == ["forward only (train mode, no grad)",
                                             "head only (frozen backbone, no cache)", "unfreeze(last=1)",
                                             "unfreeze(last=2)", "unfreeze(last=4)", "all layers"]
+
+
+# ------------------------------------------------------------------ the package's layout
+MODULES = {p.stem: p for p in sorted(BENCH.glob("*.py")) if p.stem != "__init__"}
+
+
+def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """Every import of ``path`` (module level and inside functions): (line, module, names)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            found.append((node.lineno, module, [alias.name for alias in node.names]))
+    return found
+
+
+def _siblings(module: str, names: list[str]) -> set[str]:
+    """The benchmarks modules an import statement refers to (relative, absolute or, wrongly, top-level)."""
+    if module.split(".")[0] in MODULES:
+        return {module.split(".")[0]}
+    if module.startswith("benchmarks.") or module.startswith("."):
+        rest = module.removeprefix("benchmarks.").lstrip(".")
+        return {rest.split(".")[0]} if rest else {n for n in names if n in MODULES}
+    return {n for n in names if n in MODULES} if module == "benchmarks" else set()
+
+
+def test_benchmarks_import_only_transferlearns_public_names() -> None:
+    import transferlearn as tl
+
+    public = set(tl.__all__) | {"__version__"}
+    bad = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for line, module, names in _imports(path):
+            if module.startswith("transferlearn.") or (module == "transferlearn" and set(names) - public):
+                bad.append(f"{name}.py:{line} imports {module} {names}")
+            if module.split(".")[0] in MODULES:               # `import benchutil`: needs benchmarks/ on sys.path
+                bad.append(f"{name}.py:{line} imports the sibling {module!r} as a top-level module")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "tl" and node.attr not in public:
+                    bad.append(f"{name}.py:{node.lineno} uses tl.{node.attr}, not in transferlearn.__all__")
+                if node.value.id == "sys" and node.attr == "path":
+                    bad.append(f"{name}.py:{node.lineno} touches sys.path")
+    assert bad == []
+    assert "datasets" not in MODULES  # would shadow Hugging Face's `datasets` package
+
+
+def test_benchmarks_have_no_import_cycle() -> None:
+    graph = {name: set().union(*(_siblings(m, n) for _, m, n in _imports(path))) - {name}
+             for name, path in MODULES.items()}
+    assert sum(map(len, graph.values())) > 10              # the parser sees the imports
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != "open", f"import cycle: {' -> '.join(trail + [node, nxt])}"
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = "done"
+    for name in MODULES:
+        if name not in state:
+            visit(name, [])
+
+
+def test_benchmark_modules_and_functions_stay_small() -> None:
+    long = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        if text.count("\n") > 300:
+            long.append(f"{name}.py: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 40:
+                long.append(f"{name}.py:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_benchmark_module_imports(name: str) -> None:
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert module.__doc__ and isinstance(module.__all__, list)
+
+
+@pytest.mark.parametrize("name", ["compare", "evidence", "levers", "head_epochs", "data_loading", "benchreport",
+                                  "evidence_report"])
+def test_entry_points_run_as_modules(name: str, capsys: pytest.CaptureFixture) -> None:
+    """Each runs as ``python -m benchmarks.<name>`` (the smoke runs above start three that way)."""
+    tree = ast.parse(MODULES[name].read_text())
+    assert any(isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'" for n in tree.body)
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"benchmarks.{name}").main(["--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.{name}")
+
+
+def test_the_levers_registry_reports_every_saved_result(tmp_path: Path) -> None:
+    from benchmarks.levers import ALL, LEVERS, report
+
+    assert set(ALL) <= set(LEVERS)
+    text = report(BENCH / "results")                    # the results committed beside the code
+    saved = sorted(p.stem.removeprefix("levers_") for p in (BENCH / "results").glob("levers_*.json"))
+    assert sorted(saved) == sorted(LEVERS)
+    assert [line.removeprefix("### ") for line in text.splitlines() if line.startswith("### ")] == list(LEVERS)
+    assert report(tmp_path) == ""                       # nothing saved there
+    assert "`python -m benchmarks.levers backward --rounds 5" in text and "benchmarks/levers.py" not in text
+
+
+def test_recorded_commands_read_in_their_module_form() -> None:
+    from benchmarks.util import module_command
+
+    assert module_command("python benchmarks/compare_loops.py --quick") == "python -m benchmarks.compare --quick"
+    assert module_command(".venv/bin/python /repo/benchmarks/levers.py head --out benchmarks/results") == \
+        ".venv/bin/python -m benchmarks.levers head --out benchmarks/results"
+    assert module_command("python -m benchmarks.evidence --smoke") == "python -m benchmarks.evidence --smoke"
+
+
+def test_docs_and_scripts_run_the_benchmarks_as_modules() -> None:
+    """No command line in the docs or scripts runs a benchmark as a file (the old layout's form)."""
+    pattern = re.compile(r"python\S* +(\S*/)?benchmarks/\w+\.py")
+    files = [ROOT / "README.md", BENCH / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "scripts").glob("*.sh"),
+             *BENCH.glob("*.sh"), *(f for f in BENCH.glob("*.py") if f.name != "util.py")]   # util: module_command
+    found = [f"{f.relative_to(ROOT)}: {m.group(0)}" for f in files for m in pattern.finditer(f.read_text())]
+    assert found == []

