@@ -20,7 +20,7 @@ from torchvision.transforms import functional as F
 
 from ..base import as_weights, check_int, describe
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocess", "imagenet_transform", "to_rgb"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocess", "imagenet_transform", "integer_top", "to_rgb"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -28,7 +28,7 @@ _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _unit_range(arr: np.ndarray) -> np.ndarray:
-    """Scale a high-bit-depth or float image to [0, 1] by its type's natural range."""
+    """Scale a float image to [0, 1] by the smallest of [0, 1], [0, 255], [0, 65535] holding it."""
     arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     for top in (1.0, 255.0, 65535.0):
@@ -37,16 +37,62 @@ def _unit_range(arr: np.ndarray) -> np.ndarray:
     return (arr - low) / (high - low) if high > low else np.zeros_like(arr)
 
 
+_NO_RANGE = "has no standard value range (it is never guessed from the pixel values)"
+
+
+def _tensor_top(dtype: torch.dtype) -> float:
+    """The full range of an integer image tensor's dtype: uint8 255, uint16 65535, bool 1."""
+    tops = {torch.uint8: 255.0, torch.bool: 1.0, getattr(torch, "uint16", torch.uint8): 65535.0}
+    if dtype not in tops:
+        raise TypeError(f"an image tensor of dtype {dtype} {_NO_RANGE}: pass uint8 (0-255), uint16 "
+                        "(0-65535) or floats in [0, 1]; for 16-bit values in a wider type, divide by 65535")
+    return tops[dtype]
+
+
+def _tiff_top(img: Image.Image) -> float | None:
+    """Full range of a TIFF's integer samples from its tags (BitsPerSample, SampleFormat)."""
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    if not isinstance(bits, int) or not 1 <= bits <= 32:
+        return None
+    signed = tags.get(339, 1) in (2, (2,))
+    return float(2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
+
+
+def integer_top(img: Image.Image) -> float:
+    """The value that means full intensity in an integer PIL image (``I;16*`` or ``I``), by format.
+
+    ``I;16`` (16-bit PNG and TIFF): 65535. ``I`` read from a file: PGM/PPM 65535 (Pillow
+    rescales a PGM's ``maxval`` to 65535 when it decodes), PNG 65535 (at most 16 bits), TIFF
+    ``2**bits - 1`` (``2**(bits - 1) - 1`` when signed) from its tags. Never the content: a
+    dark scan stays dark.
+
+    Raises:
+        ValueError: a mode ``I`` image not read from one of those files (made in memory, or
+            changed by an operation that drops ``img.format``) has no known range.
+    """
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    top = {"PPM": 65535.0, "PNG": 65535.0}.get(img.format or "")
+    if top is None and img.format == "TIFF":
+        top = _tiff_top(img)
+    if top is None:
+        source = f"read from a {img.format} file" if img.format else "not read from a file"
+        raise ValueError(f"a mode 'I' (32-bit integer) PIL image {source} {_NO_RANGE}: read the file with "
+                         "load_image (PGM, PNG, TIFF), or convert it first, e.g. img.convert('I;16') for 16-bit "
+                         "values")
+    return top
+
+
 def _tensor_rgb(img: torch.Tensor) -> torch.Tensor:
     if img.ndim == 2:
         img = img.unsqueeze(0)
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"image tensor must have shape (H, W), (1, H, W) or (3, H, W), got "
                          f"{tuple(img.shape)}")
-    if img.dtype == torch.uint8:
-        img = img.float() / 255
-    elif not img.is_floating_point():
-        img = torch.from_numpy(_unit_range(img.numpy())).float()
+    if not img.is_floating_point():
+        img = img.float() / _tensor_top(img.dtype)     # by the dtype's range, never the content
     return img.expand(3, -1, -1).contiguous() if img.shape[0] == 1 else img
 
 
@@ -55,17 +101,26 @@ def to_rgb(img: Any) -> Image.Image | torch.Tensor:
 
     8-bit PIL modes (1, L, LA, P, RGBA, CMYK, ...) go through ``Image.convert("RGB")`` as
     torchvision's ``ImageFolder`` loader does (alpha is dropped). 16-bit modes (I;16) are
-    divided by 65535 (a dark 16-bit scan stays dark); 32-bit and float modes (I, F) are
-    scaled to [0, 1] by the smallest of the ranges [0, 1], [0, 255], [0, 65535] that holds
-    their values (else by their min and max); both become float tensors. Tensors
-    and numpy arrays may be (H, W), (1|3, H, W) or (H, W, 1|3); uint8 is scaled by 1/255.
+    divided by 65535 and 32-bit integer images (I) by their file format's full range
+    (``integer_top``: 16-bit PGM/PNG 65535, TIFF by its bit depth), never by their content,
+    so a dark 16-bit scan stays dark in every format; float images (F) are scaled to [0, 1]
+    by the smallest of the ranges [0, 1], [0, 255], [0, 65535] that holds their values
+    (else by their min and max); all become float tensors. Tensors and numpy arrays may be
+    (H, W), (1|3, H, W) or (H, W, 1|3); uint8 is divided by 255, uint16 by 65535, bool is
+    0/1, floats are taken as they are; other integer types have no standard range and are
+    refused.
+
+    Raises:
+        TypeError: not an image, or an integer tensor/array other than uint8, uint16, bool.
+        ValueError: a tensor of another shape, or a mode ``I`` image of unknown range
+            (``integer_top``).
     """
     if isinstance(img, Image.Image):
         if img.mode == "RGB":
             return img
         if img.mode in _HIGH_BIT_MODES:
-            arr = np.asarray(img)
-            unit = arr.astype(np.float64) / 65535 if img.mode.startswith("I;16") else _unit_range(arr)
+            arr = np.asarray(img).astype(np.float64)
+            unit = _unit_range(arr) if img.mode == "F" else arr / integer_top(img)
             return _tensor_rgb(torch.from_numpy(unit).float())
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
