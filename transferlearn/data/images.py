@@ -3,7 +3,8 @@
 ``load_image`` returns a fully decoded PIL image with its file closed, its EXIF orientation
 applied and its own mode kept: 16-bit (``I;16``), 32-bit (``I``) and float (``F``) images are
 not squeezed into 8-bit RGB here, so ``imagenet_transform`` can scale them by their format's
-full range (``transforms.integer_top``: a 16-bit PGM, PNG or TIFF by 65535), never by content. A file that is not an image, is empty or is cut short raises ``ImageReadError`` (a
+full range (``transforms.integer_top``: a 16-bit PGM, PNG or TIFF by 65535), never by content.
+A file that is not an image, is empty or is cut short raises ``ImageReadError`` (a
 ``ValueError``) naming the path and the reason, instead of PIL's bare message.
 """
 
@@ -105,8 +106,9 @@ def load_image(path: str | os.PathLike, *, draft: tuple[int, int] | None = None)
     (``ImageOps.exif_transpose``), so a phone photo taken sideways comes out upright. The
     mode is kept: ``I;16``/``I``/``F`` stay high bit depth (``imagenet_transform`` scales
     integer ones by their format's full range, ``integer_top``, never by content; a 16-bit
-    PGM reads as Pillow's mode ``I`` with its ``maxval`` rescaled to 65535); palette, RGBA, CMYK and grayscale stay as they are. PIL's global
-    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not touched: a truncated file is an error.
+    PGM reads as Pillow's mode ``I`` with its ``maxval`` rescaled to 65535); palette, RGBA,
+    CMYK and grayscale stay as they are. PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES``
+    is not touched: a truncated file is an error.
 
     Args:
         path: the image file.
