@@ -93,7 +93,8 @@ def fit(args: argparse.Namespace) -> None:
 
 def _labelled_files(data_dir: str, classes: tuple[str, ...], transform: Any) -> ImageFiles:
     """Every image of DATA_DIR (its ``val`` folder for a train/val layout), labelled by name."""
-    found = load_image_folder(data_dir, val_fraction=0.0, check="header", cache_bytes=0, max_imbalance=None)
+    found = load_image_folder(data_dir, val_fraction=0.0, check="header", cache_bytes=0, max_imbalance=None,
+                              min_classes=1)
     part = found.val if found.layout == "train/val" else found.train
     unknown = sorted(set(found.classes) - set(classes))
     if unknown:
