@@ -18,8 +18,8 @@ from PIL import Image
 from transferlearn import imagenet_transform, load_model, recommend_strategy
 from transferlearn.cli import main
 from transferlearn.cli.commands import _strategy
-from transferlearn.train.trainer import Trainer
 from transferlearn.ship.classifier import load_classifier, save_classifier
+from transferlearn.train.trainer import Trainer
 
 ROOT = Path(__file__).parents[1]
 PHOTOS = {"cat": "chelsea", "cup": "coffee", "rocket": "rocket"}
