@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..base import check_bool, check_choice, check_float, check_head_name, check_module, check_seed, describe
-from ..data.batches import split_batch
+from ..data.batches import check_targets, split_batch
 from ..model.freezing import set_phase
 from ..model.heads import find_head
 from ..model.optim import param_groups
@@ -52,7 +52,10 @@ class Trainer:
         progress: ``True`` (bars on a terminal, a line per epoch otherwise), ``"bar"``,
             ``"line"`` or ``False`` (silent).
         seed: seed torch, numpy and ``random`` at the start of ``fit``; a CPU run is then
-            bitwise reproducible.
+            bitwise reproducible from there. The model's new head was drawn before that, when
+            ``load_model(..., num_classes=)`` or ``replace_head`` built it: for the same head
+            every run, seed before building the model (``torch.manual_seed(0)``), as the
+            ``transferlearn fit --seed`` command does.
         checkpoint_dir: write ``last.pt`` there atomically after every epoch.
         criterion: the loss (default ``nn.CrossEntropyLoss()``).
         optimizer: a callable taking parameter groups (default ``torch.optim.AdamW``).
@@ -174,7 +177,8 @@ class Trainer:
             if warm and (use_cache or cache_val) and cache is None and val_cache is None:
                 cache, val_cache = warmup_caches(
                     self.model, train_loader if use_cache else None, val_loader if cache_val else None,
-                    forced=forced, dist=self.dist, head=self.head, device=self.device, precision=self.precision)
+                    forced=forced, dist=self.dist, head=self.head, device=self.device, precision=self.precision,
+                    criterion=self.criterion)
                 use_cache, cache_val = cache is not None, val_cache is not None  # built once, or never
             if entered != phase:
                 new = epoch == 0 or plan[epoch - 1] != phase  # not when resuming inside a phase
@@ -217,7 +221,7 @@ class Trainer:
                   "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups
                          if any(p.requires_grad for p in g["params"])}}
         if val_loader is not None:
-            scores = self._validate(val_loader, val_cache)
+            scores = self._validate(val_loader, val_cache, where)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
             if not math.isfinite(scores["loss"]):
                 raise FloatingPointError(f"non-finite validation loss {scores['loss']} in {where}: val_loader yields "
@@ -226,11 +230,11 @@ class Trainer:
         record["seconds"] = time.perf_counter() - began
         return record
 
-    def _validate(self, val_loader: Any, val_cache: FeatureCache | None) -> dict[str, float | None]:
+    def _validate(self, val_loader: Any, val_cache: FeatureCache | None, where: str) -> dict[str, float | None]:
         if val_cache is None:
-            return self.evaluate(val_loader)
+            return self.evaluate(val_loader, source=f"val_loader, {where}")
         return evaluate(self._head_module(), val_cache.batches(val_loader), criterion=self.criterion,
-                        device=self.device, precision=self.precision)
+                        device=self.device, precision=self.precision, source=f"val_loader, {where}")
 
     def _head_module(self) -> nn.Module:
         return find_head(self.model, head=self.head)[1]
@@ -262,7 +266,7 @@ class Trainer:
             except TypeError:  # an IterableDataset or a batch_sampler without a length
                 total = None
         trainable = [p for _, p in self._trainable]
-        tally = _Tally()
+        tally = _Tally(self.criterion)
         for step, batch in enumerate(self.progress.batches(batches, total, where)):
             inputs, targets = split_batch(batch, source="train_loader")
             if targets is None:
@@ -272,6 +276,10 @@ class Trainer:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with self.precision.autocast():
                 logits, aux = _split_outputs(self._forward(inputs))
+                if not check_targets(targets, logits, criterion=self.criterion, where=f"train_loader, {where}, "
+                                     f"batch {step + 1}") and not self.dist.enabled:
+                    tally.add(0.0, logits, targets)   # every target is ignore_index: nothing to learn, no step
+                    continue
                 loss = self.criterion(logits, targets)
                 if aux:  # inception_v3 / googlenet in train mode
                     loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
@@ -304,11 +312,12 @@ class Trainer:
                 "lower the learning rate (or set grad_clip)")
 
     # ---------------------------------------------------------------------- evaluation
-    def evaluate(self, loader: Any) -> dict[str, float | None]:
-        """Mean loss and accuracy over every sample of ``loader``; see ``evaluation.evaluate``."""
+    def evaluate(self, loader: Any, *, source: str = "loader") -> dict[str, float | None]:
+        """Mean loss and accuracy over every sample of ``loader`` (``source`` names it in errors);
+        see ``evaluation.evaluate``."""
         with memory_layout(self.model, self.channels_last):
             return evaluate(self.model, loader, criterion=self.criterion, device=self.device,
-                            precision=self.precision, distributed=self.dist)
+                            precision=self.precision, distributed=self.dist, source=source)
 
     def predict(self, data: Any, *, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a tensor of images or a loader; see ``evaluation.predict``."""
