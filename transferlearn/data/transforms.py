@@ -19,8 +19,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from ..base import as_weights, check_int, describe
+from .images import integer_top
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocess", "imagenet_transform", "integer_top", "to_rgb"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePreprocess", "imagenet_transform", "to_rgb"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -47,42 +48,6 @@ def _tensor_top(dtype: torch.dtype) -> float:
         raise TypeError(f"an image tensor of dtype {dtype} {_NO_RANGE}: pass uint8 (0-255), uint16 "
                         "(0-65535) or floats in [0, 1]; for 16-bit values in a wider type, divide by 65535")
     return tops[dtype]
-
-
-def _tiff_top(img: Image.Image) -> float | None:
-    """Full range of a TIFF's integer samples from its tags (BitsPerSample, SampleFormat)."""
-    tags = getattr(img, "tag_v2", None)
-    bits = tags.get(258) if tags is not None else None
-    bits = bits[0] if isinstance(bits, tuple) and bits else bits
-    if not isinstance(bits, int) or not 1 <= bits <= 32:
-        return None
-    signed = tags.get(339, 1) in (2, (2,))
-    return float(2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
-
-
-def integer_top(img: Image.Image) -> float:
-    """The value that means full intensity in an integer PIL image (``I;16*`` or ``I``), by format.
-
-    ``I;16`` (16-bit PNG and TIFF): 65535. ``I`` read from a file: PGM/PPM 65535 (Pillow
-    rescales a PGM's ``maxval`` to 65535 when it decodes), PNG 65535 (at most 16 bits), TIFF
-    ``2**bits - 1`` (``2**(bits - 1) - 1`` when signed) from its tags. Never the content: a
-    dark scan stays dark.
-
-    Raises:
-        ValueError: a mode ``I`` image not read from one of those files (made in memory, or
-            changed by an operation that drops ``img.format``) has no known range.
-    """
-    if img.mode.startswith("I;16"):
-        return 65535.0
-    top = {"PPM": 65535.0, "PNG": 65535.0}.get(img.format or "")
-    if top is None and img.format == "TIFF":
-        top = _tiff_top(img)
-    if top is None:
-        source = f"read from a {img.format} file" if img.format else "not read from a file"
-        raise ValueError(f"a mode 'I' (32-bit integer) PIL image {source} {_NO_RANGE}: read the file with "
-                         "load_image (PGM, PNG, TIFF), or convert it first, e.g. img.convert('I;16') for 16-bit "
-                         "values")
-    return top
 
 
 def _tensor_rgb(img: torch.Tensor) -> torch.Tensor:
