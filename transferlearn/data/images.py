@@ -90,10 +90,10 @@ def _tiff_top(img: Image.Image) -> float | None:
 def integer_top(img: Image.Image) -> float:
     """The value that means full intensity in an integer PIL image (``I;16*`` or ``I``), by format.
 
-    ``imagenet_transform`` divides by it. ``I;16`` (16-bit PNG and TIFF): 65535. ``I`` read from a file: PGM/PPM 65535 (Pillow
-    rescales a PGM's ``maxval`` to 65535 when it decodes), PNG 65535 (at most 16 bits), TIFF
-    ``2**bits - 1`` (``2**(bits - 1) - 1`` when signed) from its tags. Never the content: a
-    dark scan stays dark.
+    ``imagenet_transform`` divides by it. ``I;16`` (16-bit PNG and TIFF): 65535. ``I`` read
+    from a file: PGM/PPM 65535 (Pillow rescales a PGM's ``maxval`` to 65535 when it
+    decodes), PNG 65535 (at most 16 bits), TIFF ``2**bits - 1`` (``2**(bits - 1) - 1`` when
+    signed) from its tags. Never the content: a dark scan stays dark.
 
     Raises:
         ValueError: a mode ``I`` image not read from one of those files (made in memory, or
