@@ -277,8 +277,9 @@ def test_data_config_errors(call, exc, pattern):
 def test_one_fit_derives_the_head_and_the_stages_once(monkeypatch, cache):
     """A whole fit (warm-up, fine-tuning with a (low, high) spread, early BatchNorm pinning,
     validation, a checkpoint) reads the model's structure once: one find_head, one stage split."""
-    import transferlearn as tl
     from torchvision.models import resnet18
+
+    import transferlearn as tl
 
     model = tl.replace_head(resnet18(weights=None), 3)
     trainer = tl.Trainer(model, seed=0, progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from transferlearn import imagenet_transform, load_model, recommend_strategy
 from transferlearn.cli import main
 from transferlearn.cli.commands import _strategy
 from transferlearn.ship.classifier import load_classifier, save_classifier
+from transferlearn.train.trainer import Trainer
 
 ROOT = Path(__file__).parents[1]
 PHOTOS = {"cat": "chelsea", "cup": "coffee", "rocket": "rocket"}
@@ -236,3 +238,53 @@ def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "transferlearn", "recommend", "5000", "--different-domain"],
                           capture_output=True, text=True, check=True)
     assert "fine_tune_all" in done.stdout and "different domain" in done.stdout
+
+
+# --- issue 13.5 / 13.9 / 13.15: the run stays out of the data; --seed makes fit reproducible ---------------------
+
+def _tiny_fit(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["fit", str(data), "--out", str(out), "--weights", "none", "--arch", "mobilenet_v3_small",
+            "--epochs", "2", "--strategy", "fine_tune_all", "--image-size", "32", "--batch-size", "8",
+            "--workers", "0", *extra]
+
+
+def test_fit_refuses_an_out_inside_the_data_folder(photos, tmp_path, capsys):
+    """issue 13.5: `fit data --out data/run` worked, and the next `fit data` trained on a class `run`."""
+    data = tmp_path / "data"
+    for name in PHOTOS:
+        (data / name).mkdir(parents=True)
+        for image in (photos / "data" / name).iterdir():
+            (data / name / image.name).write_bytes(image.read_bytes())
+    for out in (data / "run", data, data / "cat" / "deeper" / "run"):
+        assert main(_tiny_fit(data, out)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(r"--out '.*' is inside DATA_DIR '.*data': the next fit would read "
+                                                  r"the run's files as images", err), err
+    assert sorted(p.name for p in data.iterdir()) == sorted(PHOTOS)      # nothing was created
+    assert not (data / "cat" / "deeper").exists()
+
+
+def test_a_one_class_folder_is_refused_before_any_training(photos, tmp_path, capsys, monkeypatch):
+    """issue 13.15: a one-class folder failed only after training had run."""
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    for image in (photos / "data" / "cat").iterdir():
+        (tmp_path / "data" / "cat" / image.name).write_bytes(image.read_bytes())
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("training started"))
+    assert main(_tiny_fit(tmp_path / "data", tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "found 1 class folder(s) ('cat': 6 images); a classifier needs at least 2 classes" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_with_the_same_seed_twice_gives_bitwise_the_same_weights(photos, tmp_path, capsys):
+    """issue 13.9: the new head (and, with --weights none, the whole model) was drawn before anything was
+    seeded, so `fit --seed 0` twice gave different weights."""
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for run, seed in zip(runs, ("0", "0", "1")):
+        assert main(_tiny_fit(photos / "data", run, "--seed", seed)) == 0, capsys.readouterr().err
+    weights = [{p.name: p.read_bytes() for p in run.glob("model-*.safetensors")} for run in runs]
+    assert len(weights[0]) == 1 and weights[0] == weights[1]             # same name (its SHA-256) and bytes
+    assert weights[2] != weights[0]                                      # the seed is what decides
+    histories = [json.loads((run / "history.json").read_text()) for run in runs[:2]]
+    assert [[r["phase"] for r in h] for h in histories] == [["warmup", "finetune"]] * 2
+    assert [r["train_loss"] for r in histories[0]] == [r["train_loss"] for r in histories[1]]

@@ -239,7 +239,7 @@ def test_broken_file_raises_naming_it(tmp_path):
 def test_header_check_misses_a_cut_jpeg_which_then_fails_when_read(tmp_path):
     make_folder(tmp_path, {"a": 2})
     bad = cut_jpeg(tmp_path / "a" / "cut.jpg")
-    data = load_image_folder(tmp_path, check="header", val_fraction=0, **SMALL)
+    data = load_image_folder(tmp_path, check="header", val_fraction=0, min_classes=1, **SMALL)
     index = [p for p, _ in data.train.samples].index(str(bad))
     with pytest.raises(ImageReadError, match=rf"cannot read image '{bad}': truncated"):
         data.train[index]
@@ -286,7 +286,7 @@ def test_exif_rotated_jpeg_comes_out_upright(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6                                           # shown turned 90 degrees clockwise
     stored.save(tmp_path / "a" / "turned.jpg", exif=exif, quality=95)
-    data = load_image_folder(tmp_path, val_fraction=0, size=32, resize=32)
+    data = load_image_folder(tmp_path, val_fraction=0, min_classes=1, size=32, resize=32)
     x = unnormalise(data.train[0][0])
     # turned clockwise, the stored left half is on top: red rows above white rows (unturned,
     # the red would be in the left columns instead)
@@ -297,7 +297,7 @@ def test_sixteen_bit_png_keeps_full_range(tmp_path):
     (tmp_path / "a").mkdir()
     arr = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
     Image.fromarray(arr).save(tmp_path / "a" / "g.png")
-    data = load_image_folder(tmp_path, val_fraction=0, size=32, resize=32)
+    data = load_image_folder(tmp_path, val_fraction=0, min_classes=1, size=32, resize=32)
     x = unnormalise(data.train[0][0])
     torch.testing.assert_close(x, torch.from_numpy(arr / 65535).float().expand(3, -1, -1), atol=1e-5, rtol=0)
 
@@ -420,7 +420,7 @@ def test_loaders_defaults_and_batches(tmp_path):
 def test_loader_errors(tmp_path, kwargs, exc, pattern):
     make_folder(tmp_path, {"a": 2})
     with pytest.raises(exc, match=pattern):
-        load_image_folder(tmp_path, **SMALL).loaders(**kwargs)
+        load_image_folder(tmp_path, min_classes=1, **SMALL).loaders(**kwargs)
 
 
 def test_trainer_caches_features_on_the_default_train_split_and_fits(tmp_path):
@@ -445,8 +445,8 @@ def test_draft_is_used_for_large_jpegs_and_draft_false_is_exact(tmp_path):
     (tmp_path / "a").mkdir()
     Image.fromarray(skdata.chelsea()).resize((1200, 800), Image.Resampling.BICUBIC).save(tmp_path / "a" / "big.jpg")
     oracle = imagenet_transform(**SMALL)(load_image(tmp_path / "a" / "big.jpg"))
-    exact = load_image_folder(tmp_path, val_fraction=0, draft=False, **SMALL)
-    drafted = load_image_folder(tmp_path, val_fraction=0, **SMALL)
+    exact = load_image_folder(tmp_path, val_fraction=0, draft=False, min_classes=1, **SMALL)
+    drafted = load_image_folder(tmp_path, val_fraction=0, min_classes=1, **SMALL)
     assert torch.equal(exact.train[0][0], oracle)
     assert not torch.equal(drafted.train[0][0], oracle)                  # decoded at 1/8: 150 x 100
     assert (unnormalise(drafted.train[0][0]) - unnormalise(oracle)).abs().mean() < 0.02

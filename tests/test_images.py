@@ -59,6 +59,75 @@ def test_dark_sixteen_bit_stays_dark(tmp_path):
     torch.testing.assert_close(out[0], torch.from_numpy(arr[:, 8:56] / 65535).float(), atol=1e-6, rtol=0)
 
 
+def _write_pgm(path, arr: np.ndarray, maxval: int = 65535, plain: bool = False) -> None:
+    """A 16-bit PGM written by hand (P5 binary big-endian, or P2 plain text) with its own maxval."""
+    h, w = arr.shape
+    if plain:
+        path.write_bytes(f"P2\n{w} {h}\n{maxval}\n".encode() + " ".join(map(str, arr.ravel())).encode())
+    else:
+        path.write_bytes(f"P5\n{w} {h}\n{maxval}\n".encode() + arr.astype(">u2").tobytes())
+
+
+def _mean_of(path) -> float:
+    return float(imagenet_transform(size=48, resize=48, **PLAIN)(load_image(path)).mean())
+
+
+@pytest.mark.parametrize("bright_pixel", [None, 256, 65535])
+def test_a_dark_sixteen_bit_pgm_reads_as_dark_as_the_same_png(tmp_path, bright_pixel):
+    """issue 13.4: a PGM (Pillow mode I) was scaled by its content: all 200s read as 0.784."""
+    arr = np.full((48, 64), 200, dtype=np.uint16)
+    if bright_pixel is not None:
+        arr[0, 0] = bright_pixel
+    Image.fromarray(arr).save(tmp_path / "scan.pgm")
+    Image.fromarray(arr).save(tmp_path / "scan.png")
+    assert load_image(tmp_path / "scan.pgm").mode == "I" and load_image(tmp_path / "scan.png").mode == "I;16"
+    oracle = float(torch.from_numpy(arr[:, 8:56] / 65535).float().mean())
+    assert _mean_of(tmp_path / "scan.pgm") == pytest.approx(oracle, abs=1e-7)
+    assert _mean_of(tmp_path / "scan.png") == pytest.approx(oracle, abs=1e-7)
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_pgm_is_scaled_by_its_maxval_not_by_its_content(tmp_path, plain):
+    arr = np.array([[100, 250, 1000, 0]] * 4, dtype=np.uint16)     # maxval 1000: 1000 is full white
+    _write_pgm(tmp_path / "m.pgm", arr, maxval=1000, plain=plain)
+    out = imagenet_transform(size=4, resize=4, **PLAIN)(load_image(tmp_path / "m.pgm"))
+    torch.testing.assert_close(out[0, 0], torch.tensor([0.1, 0.25, 1.0, 0.0]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.int32, 2**31 - 1)])
+def test_a_32_bit_integer_tiff_is_scaled_by_its_bit_depth(tmp_path, dtype, top):
+    arr = np.array([[0, 200, 2**15 - 1, 7]] * 4, dtype=dtype)
+    Image.fromarray(arr).save(tmp_path / "i.tif")               # Pillow writes 32-bit signed samples
+    img = load_image(tmp_path / "i.tif")
+    assert img.mode == "I"
+    out = imagenet_transform(size=4, resize=4, **PLAIN)(img)
+    torch.testing.assert_close(out[0, 0], torch.from_numpy(arr[0] / top).float(), atol=1e-9, rtol=0)
+
+
+def test_an_integer_image_of_unknown_range_is_refused_not_guessed(tmp_path):
+    tf = imagenet_transform(size=4, resize=4)
+    with pytest.raises(ValueError, match=r"a mode 'I' \(32-bit integer\) PIL image not read from a file has no "
+                                         r"standard value range .*: read the file with load_image.*img.convert\('I;16'\)"):
+        tf(Image.fromarray(np.full((4, 4), 200, dtype=np.int32)))
+    for dtype in (torch.int32, torch.int64, torch.int16):
+        with pytest.raises(TypeError, match=rf"an image tensor of dtype {dtype} has no standard value range"):
+            tf(torch.full((3, 4, 4), 200, dtype=dtype))
+    with pytest.raises(TypeError, match=r"dtype torch.int32 has no standard value range.*divide by 65535"):
+        tf(np.asarray(load_image(_saved_pgm(tmp_path))))          # np.array of a PGM: int32
+
+
+def _saved_pgm(tmp_path):
+    Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)).save(tmp_path / "s.pgm")
+    return tmp_path / "s.pgm"
+
+
+def test_uint16_arrays_and_tensors_are_scaled_by_65535():
+    arr = np.full((8, 8), 200, dtype=np.uint16)
+    tf = imagenet_transform(size=8, resize=8, **PLAIN)
+    torch.testing.assert_close(tf(arr), torch.full((3, 8, 8), 200 / 65535), atol=1e-7, rtol=0)
+    torch.testing.assert_close(tf(torch.from_numpy(arr)), torch.full((3, 8, 8), 200 / 65535), atol=1e-7, rtol=0)
+
+
 def test_float_tiff_keeps_its_values(tmp_path):
     arr = np.linspace(0, 1, 32 * 40, dtype=np.float32).reshape(32, 40)
     Image.fromarray(arr, mode="F").save(tmp_path / "f.tif")

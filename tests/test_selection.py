@@ -70,7 +70,7 @@ def test_patience_ends_the_warmup_then_fine_tuning_still_runs(monkeypatch):
     train, val = loaders()
     trainer = Trainer(model(), progress=False)
     scripted = iter([1.0, 1.1, 1.2, 0.9, 0.8, 0.85, 0.86])       # warm-up stalls after epoch 1
-    monkeypatch.setattr(trainer, "evaluate", lambda _loader: {"loss": next(scripted), "accuracy": 0.5})
+    monkeypatch.setattr(trainer, "evaluate", lambda _loader, **_: {"loss": next(scripted), "accuracy": 0.5})
     history = trainer.fit(train, val, warmup_epochs=4, finetune_epochs=4, patience=2, cache_features=False)
     assert [r["epoch"] for r in history] == [1, 2, 3, 5, 6, 7, 8]
     assert [r.get("stopped_early", False) for r in history] == [False, False, True, False, False, False, True]
@@ -96,7 +96,7 @@ def test_a_resumed_run_keeps_the_patience_count_of_its_phase(tmp_path, monkeypat
         trainer = Trainer(model(), seed=0, progress=False, checkpoint_dir=path)
         losses = iter(scripted[len(trainer.history):])
         crash_after(trainer, stop_after)
-        monkeypatch.setattr(trainer, "evaluate", lambda _l: {"loss": next(losses), "accuracy": 0.5})
+        monkeypatch.setattr(trainer, "evaluate", lambda _l, **_: {"loss": next(losses), "accuracy": 0.5})
         if resume:
             done = torch.load(path / "last.pt", weights_only=True)["epoch"]
             losses = iter(scripted[done:])

@@ -83,10 +83,13 @@ MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr"]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_every_pil_mode_gives_three_finite_channels(mode):
+def test_every_pil_mode_gives_three_finite_channels(mode, tmp_path):
     img = photo(40, 30)
     if mode == "I;16":
         img = Image.fromarray(np.random.default_rng(0).integers(0, 65536, (40, 30)).astype(np.uint16))
+    elif mode == "I":       # mode I has a known range only from its file (here a 16-bit PGM): integer_top
+        Image.fromarray(np.random.default_rng(0).integers(0, 65536, (40, 30)).astype(np.uint16)).save(tmp_path / "i.pgm")
+        img = Image.open(tmp_path / "i.pgm")
     elif mode == "P":
         img = img.convert("P", palette=Image.Palette.ADAPTIVE)
         img.info["transparency"] = 0

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..base import check_seed
 from ..data.folder import load_image_folder
 from ..data.imagefiles import ImageFiles
 from ..model.heads import replace_head
@@ -16,6 +17,7 @@ from ..ship.classifier import load_classifier, save_classifier
 from ..ship.onnx_export import export_onnx
 from ..ship.report import ClassificationReport, classification_report
 from ..train.history import plot_history
+from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy
 from ..train.trainer import Trainer
 
@@ -41,8 +43,12 @@ def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
     return Strategy(**{**asdict(strategy), "warmup_epochs": warm, "finetune_epochs": epochs - warm})
 
 
-def _fresh_run_dir(out: str) -> Path:
+def _fresh_run_dir(out: str, data_dir: str) -> Path:
     path = Path(out)
+    data = Path(data_dir).resolve()
+    if path.resolve() == data or data in path.resolve().parents:
+        raise ValueError(f"--out {out!r} is inside DATA_DIR {data_dir!r}: the next fit would read the run's "
+                         "files as images; put the run outside the data folder")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"--out {out!r} is a file; give a new folder for the run")
     if path.is_dir() and any(path.iterdir()):
@@ -61,7 +67,8 @@ def _summary(report: ClassificationReport | None, history: Any) -> str:
 
 def fit(args: argparse.Namespace) -> None:
     """``transferlearn fit DATA_DIR --out RUN_DIR ...``: train, save, report."""
-    out = _fresh_run_dir(args.out)
+    out = _fresh_run_dir(args.out, args.data_dir)
+    seed_everything(check_seed("--seed", args.seed))   # before any weight is drawn: the new head, or weights none
     weights = None if args.weights.lower() == "none" else args.weights
     model = load_model(args.arch, weights=weights)           # unknown arch or missing weights: before any scan
     recorded = model.transferlearn_weights
@@ -93,7 +100,8 @@ def fit(args: argparse.Namespace) -> None:
 
 def _labelled_files(data_dir: str, classes: tuple[str, ...], transform: Any) -> ImageFiles:
     """Every image of DATA_DIR (its ``val`` folder for a train/val layout), labelled by name."""
-    found = load_image_folder(data_dir, val_fraction=0.0, check="header", cache_bytes=0, max_imbalance=None)
+    found = load_image_folder(data_dir, val_fraction=0.0, check="header", cache_bytes=0, max_imbalance=None,
+                              min_classes=1)
     part = found.val if found.layout == "train/val" else found.train
     unknown = sorted(set(found.classes) - set(classes))
     if unknown:

@@ -22,41 +22,13 @@ from torch.utils.data import DataLoader
 
 from ..base import check_float, check_int, describe
 from .imagefiles import ImageCache, ImageFiles, prepare_file
-from .images import IMAGE_EXTENSIONS, ImageReadError, check_header
+from .images import ImageReadError, check_header
+from .scan import RUN_MARKER, Scan, scan_layout
 from .transforms import ImagePreprocess, imagenet_transform
 
 __all__ = ["FolderData", "load_image_folder", "split_counts"]
 
 Samples = list[tuple[str, int]]
-
-
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _images_under(folder: Path) -> list[str]:
-    """Image files anywhere under ``folder`` (hidden files and folders skipped), sorted."""
-    found = []
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.join(top, f) for f in files if _is_image(f)]
-    return sorted(found)
-
-
-def _class_files(folder: Path) -> dict[str, list[str]]:
-    """``{class name: sorted image paths}`` for the visible sub-folders of ``folder``."""
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-    if not names:
-        loose = sum(_is_image(e.name) for e in os.scandir(folder) if e.is_file())
-        hint = f" (it holds {loose} images directly: put them in one folder per class)" if loose else ""
-        raise ValueError(f"{str(folder)!r} has no class folders{hint}; expected root/<class>/<image>, "
-                         "or root/train/<class>/<image> with root/val/<class>/<image>")
-    files = {name: _images_under(folder / name) for name in names}
-    for name, paths in files.items():
-        if not paths:
-            raise ValueError(f"class folder {str(folder / name)!r} has no image files "
-                             f"({', '.join(IMAGE_EXTENSIONS)}); remove the folder or add images")
-    return files
 
 
 def split_counts(n: int, val_fraction: float) -> int:
@@ -89,22 +61,6 @@ def _split(files: dict[str, list[str]], val_fraction: float, seed: int) -> tuple
     return train, val
 
 
-def _scan(root: Path) -> tuple[str, dict[str, dict[str, list[str]]]]:
-    """The layout and its files: ``{"train": ..., "val": ...}`` or ``{"all": ...}`` by class."""
-    has = {name: (root / name).is_dir() for name in ("train", "val")}
-    if has["train"] and has["val"]:
-        train, val = _class_files(root / "train"), _class_files(root / "val")
-        if list(train) != list(val):
-            raise ValueError(f"{str(root)!r}: train and val have different classes (only in train: "
-                             f"{sorted(set(train) - set(val))}, only in val: {sorted(set(val) - set(train))})")
-        return "train/val", {"train": train, "val": val}
-    if has["train"] or has["val"]:
-        there, missing = ("train", "val") if has["train"] else ("val", "train")
-        raise ValueError(f"{str(root)!r} has a {there!r} folder but no {missing!r} folder: give both "
-                         f"(root/train/<class>, root/val/<class>), or one folder per class under root")
-    return "split", {"all": _class_files(root)}
-
-
 def _check_files(paths: list[str], check: str, transform: ImagePreprocess, cache: ImageCache | None,
                  draft: bool, workers: int) -> dict[str, str]:
     """Read every file (threads); fill the cache on the way. Returns ``{broken path: reason}``."""
@@ -129,9 +85,40 @@ def _drop_broken(files: dict[str, list[str]], broken: dict[str, str], folder: Pa
     kept = {name: [p for p in paths if p not in broken] for name, paths in files.items()}
     for name, paths in kept.items():
         if not paths:
-            raise ValueError(f"class folder {str(folder / name)!r} has no readable images "
-                             f"({len(files[name])} skipped as broken, e.g. {broken[files[name][0]]!r})")
+            where = str(folder / name)
+            reasons = [r for p, r in broken.items() if p == where or p.startswith(where + os.sep)]
+            raise ValueError(f"class folder {where!r} has no readable images "
+                             f"({len(reasons)} skipped as broken, e.g. {reasons[0]!r})")
     return kept
+
+
+def _read_all(root: Path, scan: Scan, skip_broken: bool, read: Any) -> tuple[dict, list[tuple[str, str]]]:
+    """Read every file the scan found (``read(paths) -> {broken path: reason}``; broken links
+    and unlistable folders are not read); raise for the first broken one unless ``skip_broken``.
+    Returns the parts without broken files and ``.skipped``: broken entries, then the notes."""
+    paths = [p for files in scan.parts.values() for ps in files.values() for p in ps]
+    broken = {**scan.broken, **read([p for p in paths if p not in scan.broken])}
+    ordered = paths + sorted(set(broken) - set(paths))
+    if broken and not skip_broken:
+        first = next(p for p in ordered if p in broken)
+        more = f"; {len(broken) - 1} more unreadable" if len(broken) > 1 else ""
+        raise ImageReadError(first, f"{broken[first]}{more} (skip_broken=True leaves them out, listed in .skipped)")
+    parts = {k: _drop_broken(f, broken, root / k if scan.layout == "train/val" else root)
+             for k, f in scan.parts.items()}
+    return parts, [(p, broken[p]) for p in ordered if p in broken] + scan.notes
+
+
+def _check_classes(scan: Scan, min_classes: int) -> None:
+    """At least ``min_classes`` classes, before any file is decoded; runs found are warned."""
+    if scan.runs:
+        warnings.warn(f"left out {len(scan.runs)} folder(s) holding {RUN_MARKER} (a transferlearn run or saved "
+                      f"classifier, not a class): {', '.join(map(repr, scan.runs))}; they are listed in "
+                      ".skipped. Keep run folders outside the data folder", UserWarning, stacklevel=3)
+    files = next(iter(scan.parts.values()))
+    if len(files) < min_classes:
+        counts = ", ".join(f"{name!r}: {len(paths)} images" for name, paths in files.items())
+        raise ValueError(f"found {len(files)} class folder(s) ({counts}); a classifier needs at least "
+                         f"{min_classes} classes: add a folder of images per class (min_classes={min_classes})")
 
 
 class FolderData:
@@ -144,7 +131,10 @@ class FolderData:
         train: the training ``ImageFiles``.
         val: the validation ``ImageFiles``, or None when ``val_fraction=0``.
         counts: ``{"train": {class: n}, "val": {class: n}}``.
-        skipped: ``(path, reason)`` of each unreadable file left out (``skip_broken=True``).
+        skipped: ``(path, reason)`` of what was left out: each unreadable file (dangling
+            links included; ``skip_broken=True``), each folder holding ``classifier.json`` (a
+            run, not a class), each second path to a file already counted (a link), each link
+            to a folder already read.
         cache: the shared ``ImageCache`` (None when ``cache_bytes=0``).
     """
 
@@ -239,7 +229,7 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
                       size: int | None = None, resize: int | None = None, augment: bool = False,
                       skip_broken: bool = False, check: str = "decode", draft: bool = True,
                       cache_bytes: int = 2**30, max_imbalance: float | None = 10.0,
-                      workers: int | None = None, model: Any = None) -> FolderData:
+                      workers: int | None = None, model: Any = None, min_classes: int = 2) -> FolderData:
     """Train and validation datasets from a folder of images, checked before training starts.
 
     Layouts: ``root/train/<class>/...`` and ``root/val/<class>/...`` when both exist (same
@@ -248,7 +238,11 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
     over the sorted paths picks ``split_counts(n, val_fraction)`` validation images, so the
     split does not depend on listing order or on the other classes, and no file is in both.
     Image files are those with extensions in ``IMAGE_EXTENSIONS`` (any case), in any depth
-    below a class folder; hidden files and folders (``.ipynb_checkpoints``) are ignored.
+    below a class folder; hidden files and folders (``.ipynb_checkpoints``) are ignored, and
+    so are folders holding ``classifier.json`` (a run or saved classifier, listed in
+    ``.skipped`` with a warning). Symbolic links are followed by real path (``scan``): a file
+    counts once, a folder is read once (loops are not followed), a file reachable under two
+    classes or in both train and val is an error, a dangling link is an unreadable file.
     Each file is read with ``load_image`` (EXIF, 16-bit, any mode -> 3 channels).
 
     Args:
@@ -272,6 +266,9 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         model: a model (or its ``Anatomy``) whose own preprocessing to use instead of
             ``weights`` (see ``imagenet_transform(model=...)``: a timm model's
             ``pretrained_cfg``, or the torchvision weights ``load_model`` recorded).
+        min_classes: refuse a folder with fewer class folders, before any file is decoded
+            (default 2: a classifier needs two classes; 1 to read a one-class folder, e.g. to
+            evaluate on it).
 
     Returns:
         A ``FolderData`` with ``.train``, ``.val``, ``.classes``, ``.counts``, ``.skipped``,
@@ -279,8 +276,9 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
 
     Raises:
         TypeError: wrong argument types.
-        ValueError: bad option values, no class folders, a class without (readable) images,
-            train/val with different classes, only one of train/val.
+        ValueError: bad option values, no class folders, fewer than ``min_classes`` of them,
+            a class without (readable) images, train/val with different classes, only one of
+            train/val, one file under two classes or in both train and val (through links).
         FileNotFoundError, NotADirectoryError: ``root`` is missing or a file.
         ImageReadError: an unreadable file (a ``ValueError`` naming it) unless ``skip_broken``.
 
@@ -296,15 +294,11 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
     workers = min(os.cpu_count() or 1, 8) if workers is None else check_int("workers", workers, minimum=1)
     eval_tf = imagenet_transform(weights=weights, size=size, resize=resize, model=model)
     cache = ImageCache(cache_bytes) if check_int("cache_bytes", cache_bytes) else None
-    layout, parts = _scan(root)
-    paths = [p for files in parts.values() for ps in files.values() for p in ps]
-    broken = _check_files(paths, check, eval_tf, cache, draft, workers)
-    if broken and not skip_broken:
-        first = next(p for p in paths if p in broken)
-        more = f"; {len(broken) - 1} more unreadable" if len(broken) > 1 else ""
-        raise ImageReadError(first, f"{broken[first]}{more} (skip_broken=True leaves them out, listed in .skipped)")
-    parts = {k: _drop_broken(f, broken, root / k if layout == "train/val" else root) for k, f in parts.items()}
-    classes = list(next(iter(parts.values())))
+    scan = scan_layout(root)
+    _check_classes(scan, check_int("min_classes", min_classes, minimum=1))
+    parts, skipped = _read_all(root, scan, skip_broken, lambda paths: _check_files(paths, check, eval_tf, cache,
+                                                                                 draft, workers))
+    layout, classes = scan.layout, list(next(iter(parts.values())))
     if layout == "split":
         train, val = _split(parts["all"], val_fraction, seed)
     else:
@@ -312,6 +306,6 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
     train_tf = imagenet_transform(True, weights=weights, size=size, resize=resize, model=model) if augment else eval_tf
     data = FolderData(root, layout, classes, ImageFiles(train, classes, train_tf, cache=cache, draft=draft),
                       ImageFiles(val, classes, eval_tf, cache=cache, draft=draft) if val else None,
-                      [(p, broken[p]) for p in paths if p in broken], cache)
+                      skipped, cache)
     _warn_imbalance(data.counts, max_imbalance)
     return data

@@ -2,8 +2,9 @@
 
 ``load_image`` returns a fully decoded PIL image with its file closed, its EXIF orientation
 applied and its own mode kept: 16-bit (``I;16``), 32-bit (``I``) and float (``F``) images are
-not squeezed into 8-bit RGB here, so ``imagenet_transform`` can scale them by their full
-range. A file that is not an image, is empty or is cut short raises ``ImageReadError`` (a
+not squeezed into 8-bit RGB here, so ``imagenet_transform`` can scale them by their format's
+full range (``integer_top``: a 16-bit PGM, PNG or TIFF by 65535), never by content.
+A file that is not an image, is empty or is cut short raises ``ImageReadError`` (a
 ``ValueError``) naming the path and the reason, instead of PIL's bare message.
 """
 
@@ -19,7 +20,7 @@ from PIL import Image, ImageOps
 
 from ..base import check_int, describe
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "integer_top", "load_image"]
 
 # torchvision's IMG_EXTENSIONS (which already has .tif/.tiff); compared case-insensitively.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif",
@@ -75,6 +76,46 @@ def _reason(exc: BaseException) -> str:
     return f"truncated or corrupt image data ({type(exc).__name__}: {exc})"
 
 
+def _tiff_top(img: Image.Image) -> float | None:
+    """Full range of a TIFF's integer samples from its tags (BitsPerSample, SampleFormat)."""
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    if not isinstance(bits, int) or not 1 <= bits <= 32:
+        return None
+    signed = tags.get(339, 1) in (2, (2,))
+    return float(2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
+
+
+def integer_top(img: Image.Image) -> float:
+    """The value that means full intensity in an integer PIL image (``I;16*`` or ``I``), by format.
+
+    ``imagenet_transform`` divides by it. ``I;16`` (16-bit PNG and TIFF): 65535. ``I`` read
+    from a file: PGM/PPM 65535 (Pillow rescales a PGM's ``maxval`` to 65535 when it
+    decodes), PNG 65535 (at most 16 bits), TIFF ``2**bits - 1`` (``2**(bits - 1) - 1`` when
+    signed) from its tags. Never the content: a dark scan stays dark.
+
+    Raises:
+        ValueError: a mode ``I`` image not read from one of those files (made in memory, or
+            changed by an operation that drops ``img.format``) has no known range.
+
+    Example:
+        >>> integer_top(load_image("scan.pgm"))     # a 16-bit PGM opens in mode I
+        65535.0
+    """
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    top = {"PPM": 65535.0, "PNG": 65535.0}.get(img.format or "")
+    if top is None and img.format == "TIFF":
+        top = _tiff_top(img)
+    if top is None:
+        source = f"read from a {img.format} file" if img.format else "not read from a file"
+        raise ValueError(f"a mode 'I' (32-bit integer) PIL image {source} has no standard value range (it is "
+                         "never guessed from the pixel values): read the file with load_image (PGM, PNG, TIFF), "
+                         "or convert it first, e.g. img.convert('I;16') for 16-bit values")
+    return top
+
+
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[IO[bytes]]:
     """Open ``path``; any failure inside the block becomes an ``ImageReadError`` naming it."""
@@ -103,9 +144,11 @@ def load_image(path: str | os.PathLike, *, draft: tuple[int, int] | None = None)
     The file is decoded at once (``Image.load``) and closed before returning, so no file
     handle leaks into DataLoader workers. The EXIF orientation tag is applied
     (``ImageOps.exif_transpose``), so a phone photo taken sideways comes out upright. The
-    mode is kept: ``I;16``/``I``/``F`` stay high bit depth (``imagenet_transform`` scales them
-    by their range); palette, RGBA, CMYK and grayscale stay as they are. PIL's global
-    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not touched: a truncated file is an error.
+    mode is kept: ``I;16``/``I``/``F`` stay high bit depth (``imagenet_transform`` scales
+    integer ones by their format's full range, ``integer_top``, never by content; a 16-bit
+    PGM reads as Pillow's mode ``I`` with its ``maxval`` rescaled to 65535); palette, RGBA,
+    CMYK and grayscale stay as they are. PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES``
+    is not touched: a truncated file is an error.
 
     Args:
         path: the image file.

@@ -37,8 +37,8 @@ _STRIDED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 _HALVING = (swin_transformer.PatchMerging, swin_transformer.PatchMergingV2)  # stride 2 by reshaping
 _IN_ORDER = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # children run one after another
 _BY_WIDTH = (tvm.MobileNetV2, tvm.MobileNetV3, tvm.EfficientNet, tvm.MNASNet)
-_BY_STRIDE = (tvm.ResNet, tvm.RegNet, tvm.ConvNeXt, tvm.DenseNet, tvm.VGG, tvm.AlexNet, tvm.SqueezeNet, tvm.ShuffleNetV2,
-              tvm.GoogLeNet, tvm.Inception3, tvm.SwinTransformer, tvm.MaxVit)
+_BY_STRIDE = (tvm.ResNet, tvm.RegNet, tvm.ConvNeXt, tvm.DenseNet, tvm.VGG, tvm.AlexNet, tvm.SqueezeNet,
+              tvm.ShuffleNetV2, tvm.GoogLeNet, tvm.Inception3, tvm.SwinTransformer, tvm.MaxVit)
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 

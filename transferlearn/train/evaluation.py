@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..base import check_int, check_module, describe, eval_mode, run_device
-from ..data.batches import split_batch
+from ..data.batches import check_targets, split_batch, target_rule
 from ..model.anatomy import Anatomy, model_anatomy
 from .distributed import Distributed
 from .runtime import Precision
@@ -26,24 +26,37 @@ def _split_outputs(out: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return out, []
 
 
-def _correct(logits: torch.Tensor, targets: torch.Tensor) -> int | None:
-    """Right answers in a batch, or None when targets are not class indices."""
+def _correct(logits: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor | None) -> int | None:
+    """Right answers among the ``kept`` targets of a batch, or None when targets are not class indices."""
     if targets.ndim != 1 or targets.is_floating_point() or logits.ndim != 2:
         return None
-    return int((logits.argmax(1) == targets).sum())
+    right = logits.argmax(1) == targets
+    return int((right & kept if kept is not None else right).sum())
 
 
 class _Tally:
-    """Running loss sum, correct answers (None once targets are not class indices), count."""
+    """Running loss sum, correct answers (None once targets are not class indices), count.
 
-    def __init__(self) -> None:
-        self.loss, self.correct, self.count = 0.0, 0, 0
+    Targets equal to the criterion's ``ignore_index`` count neither in the loss (which the
+    criterion averages over the others) nor in the accuracy; a batch of them only adds nothing.
+    """
+
+    def __init__(self, criterion: Callable | None = None) -> None:
+        self.loss, self.correct, self.count, self.ignored = 0.0, 0, 0, 0
+        self.ignore = target_rule(criterion)[1]
 
     def add(self, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        hits = _correct(logits, targets)
+        kept = None
+        if self.ignore is not None and targets.ndim == 1 and not targets.is_floating_point():
+            kept = targets != self.ignore
+        n = len(targets) if kept is None else int(kept.sum())
+        self.ignored += len(targets) - n
+        if n == 0:
+            return
+        hits = _correct(logits, targets, kept)
         self.correct = None if hits is None or self.correct is None else self.correct + hits
-        self.loss += loss * len(targets)
-        self.count += len(targets)
+        self.loss += loss * n
+        self.count += n
 
     def result(self, empty: str, distributed: Distributed | None = None) -> tuple[float, float | None]:
         """Mean loss and accuracy, summed over all ranks first when ``distributed``."""
@@ -51,7 +64,8 @@ class _Tally:
         if distributed is not None:
             loss, correct, count = distributed.sum([loss, correct, count])
         if count == 0:
-            raise ValueError(empty)
+            raise ValueError(empty if not self.ignored else f"{empty}: every target was ignore_index "
+                             f"({self.ignore}), nothing to score")
         return loss / count, None if correct < 0 else correct / count
 
 
@@ -68,12 +82,14 @@ def _eval_batches(model: nn.Module, loader: Any, device: torch.device, precision
 
 def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None,
              device: Any = None, precision: Precision | None = None,
-             distributed: Distributed | None = None) -> dict[str, float | None]:
+             distributed: Distributed | None = None, source: str = "loader") -> dict[str, float | None]:
     """Mean loss and accuracy of ``model`` over every sample of ``loader``.
 
     Runs in eval mode (Dropout off, BatchNorm on running statistics) under
     ``torch.inference_mode()``, and puts every module back in the mode it had. The last,
-    partial batch counts like any other; two calls give the same numbers.
+    partial batch counts like any other; two calls give the same numbers. Every batch's
+    targets are checked before the loss (``batches.check_targets``); targets equal to the
+    criterion's ``ignore_index`` count in neither loss nor accuracy.
 
     Args:
         model: the network.
@@ -83,32 +99,38 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
         precision: autocast settings (the Trainer passes its own).
         distributed: under torchrun, each rank evaluates its share and the sums are
             reduced over ranks (the Trainer passes its own).
+        source: what to call the loader in error messages (the Trainer adds phase and epoch).
 
     Returns:
         ``{"loss": float, "accuracy": float or None}`` (None when targets are not class indices).
 
     Raises:
         TypeError: ``model`` is not a module.
-        ValueError: the loader is empty or yields no targets.
+        ValueError: the loader is empty, yields no targets, or targets that are not classes.
+        TypeError: targets of a dtype the criterion cannot take.
     """
     check_module("model", model)
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     device = run_device(model, device)
-    tally = _Tally()
+    tally = _Tally(criterion)
     if distributed is not None:
         loader = distributed.shard_eval(loader)
-    for logits, targets in _eval_batches(model, loader, device, precision, "loader"):
+    for step, (logits, targets) in enumerate(_eval_batches(model, loader, device, precision, source)):
         if targets is None:
             raise ValueError("evaluate needs a loader of (inputs, targets) batches")
         targets = targets.to(device)
-        tally.add(float(criterion(logits, targets)), logits, targets)
-    loss, accuracy = tally.result("loader yielded no batches: nothing to evaluate", distributed)
+        if check_targets(targets, logits, criterion=criterion, where=f"{source}, batch {step + 1}"):
+            tally.add(float(criterion(logits, targets)), logits, targets)
+        else:
+            tally.add(0.0, logits, targets)   # every target is ignore_index: counts nothing
+    loss, accuracy = tally.result(f"{source} yielded no batches: nothing to evaluate", distributed)
     return {"loss": loss, "accuracy": accuracy}
 
 
-def _num_outputs(model: nn.Module, anatomy: Anatomy | None) -> int:
-    """Width of the model's output, read from its head (for an empty prediction)."""
-    classes = model_anatomy(model, anatomy=anatomy).num_classes
+def _num_outputs(model: nn.Module, anatomy: Anatomy | None = None, head: str | None = None) -> int:
+    """Width of the model's output, read from its anatomy (for an empty prediction, and to check
+    cached labels)."""
+    classes = model_anatomy(model, head=head, anatomy=anatomy).num_classes
     if classes is None:
         raise ValueError(f"cannot tell the number of classes of {type(model).__name__} for an empty input")
     return classes

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..data.batches import check_targets
 from ..model.anatomy import Anatomy, model_anatomy
 from .distributed import Distributed
+from .evaluation import _num_outputs
 from .features import NotCacheable, extract_features
 from .loaders import index_batches, loader_generators, rebuild_loader, sampler_support
 
@@ -102,10 +104,24 @@ def extract_quietly(model: nn.Module, loader: Any, **kwargs: Any) -> TensorDatas
     return extracted
 
 
-def build_cache(model: nn.Module, loader: DataLoader, *, dist: Distributed, **kwargs: Any) -> FeatureCache:
+def _check_labels(model: nn.Module, targets: torch.Tensor, criterion: Any, structure: dict[str, Any], name: str,
+                  index: Any = None) -> None:
+    """Every cached label, checked once against the head's width before training (the cached
+    epochs replay them); skipped when the head does not say its width (each batch is checked)."""
+    try:
+        width = _num_outputs(model, anatomy=structure.get("anatomy"), head=structure.get("head"))
+    except ValueError:
+        return
+    check_targets(targets, (len(targets), width), criterion=criterion, index=index,
+                  where=f"{name} (its labels, checked once when its warm-up features were cached, before training)")
+
+
+def build_cache(model: nn.Module, loader: DataLoader, *, dist: Distributed, criterion: Any = None,
+                **kwargs: Any) -> FeatureCache:
     """Extract features once for every sample ``loader`` can draw (all of the dataset, or the
     sampler's ``indices``), in dataset order and with every option of the loader kept, without
     disturbing any random state; under torchrun each rank extracts a share and all gather.
+    The labels are checked once (``check_targets`` for ``criterion``), naming dataset indices.
     ``kwargs`` go to ``extract_features`` (head, device, precision, check_output, anatomy)."""
     support = sampler_support(loader)
     indices = list(range(len(loader.dataset))) if support is None else support
@@ -117,17 +133,23 @@ def build_cache(model: nn.Module, loader: DataLoader, *, dist: Distributed, **kw
     if len(extracted.tensors) < 2:
         raise ValueError("train_loader must yield (inputs, targets) batches")
     features, targets = (dist.gather_positions(t, len(indices)) for t in extracted.tensors)
+    if targets.ndim == 1:      # (N,) labels: one per dataset index
+        _check_labels(model, targets, criterion, kwargs, "train_loader", index=indices)
     rows = torch.full((len(loader.dataset),), -1, dtype=torch.long)
     rows[torch.as_tensor(indices)] = torch.arange(len(indices))
     return FeatureCache(features, targets, rows)
 
 
-def build_val_cache(model: nn.Module, loader: DataLoader, **kwargs: Any) -> FeatureCache | None:
+def build_val_cache(model: nn.Module, loader: DataLoader, *, criterion: Any = None,
+                    **kwargs: Any) -> FeatureCache | None:
     """Features of a sequential validation loader (``is_sequential``), extracted through the
-    loader itself; None when it yields no targets."""
+    loader itself, labels checked once; None when it yields no targets."""
     extracted = extract_quietly(model, loader, **kwargs)
     if len(extracted.tensors) < 2:
         return None
+    if extracted.tensors[1].ndim == 1:
+        _check_labels(model, extracted.tensors[1], criterion, kwargs, "val_loader",
+                      index=range(len(extracted.tensors[1])))
     return FeatureCache(*extracted.tensors, torch.arange(len(extracted.tensors[0])))
 
 
@@ -137,7 +159,8 @@ def warmup_caches(model: nn.Module, train_loader: DataLoader | None, val_loader:
     sampler) and a sequential validation loader's, each when given. A model whose output is
     not its head's output cannot train on them: ``(None, None)`` then, or, when the cache was
     ``forced`` (``cache_features=True``), a ``ValueError`` saying why. ``kwargs`` go to
-    ``extract_features`` (head, device, precision, anatomy)."""
+    ``extract_features`` (head, device, precision, anatomy) and ``criterion`` (whose targets the
+    labels must be) to the label check."""
     try:
         train = build_cache(model, train_loader, dist=dist, check_output=True, **kwargs) \
             if train_loader is not None else None

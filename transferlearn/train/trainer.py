@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..base import check_bool, check_float, check_head_name, check_module, check_seed, describe
-from ..data.batches import split_batch
+from ..data.batches import check_targets, split_batch
 from ..model.heads import find_head
 from . import checkpoint as ckpt
 from .callbacks import Step, check_callbacks
@@ -47,7 +47,10 @@ class Trainer:
         progress: ``True`` (bars on a terminal, a line per epoch otherwise), ``"bar"``,
             ``"line"`` or ``False`` (silent).
         seed: seed torch, numpy and ``random`` at the start of ``fit``; a CPU run is then
-            bitwise reproducible.
+            bitwise reproducible from there. The model's new head was drawn before that, when
+            ``load_model(..., num_classes=)`` or ``replace_head`` built it: for the same head
+            every run, seed before building the model (``torch.manual_seed(0)``), as the
+            ``transferlearn fit --seed`` command does.
         checkpoint_dir: write ``last.pt`` there atomically after every epoch.
         criterion: the loss (default ``nn.CrossEntropyLoss()``).
         optimizer: a callable taking parameter groups (default ``torch.optim.AdamW``).
@@ -187,7 +190,8 @@ class Trainer:
         caches); ``on_phase_start`` when the phase begins (not when a run resumes inside it)."""
         phase = run.recipe.phases[index]
         if not resumed:
-            run.prepare_caches(index, dist=self.dist, device=self.device, precision=self.precision)
+            run.prepare_caches(index, dist=self.dist, device=self.device, precision=self.precision,
+                               criterion=self.criterion)
         run.forward = self.model  # drop an old DDP wrapper before the trainable set changes
         phase.apply(self.model, **run.structure)
         run.set_rates(phase)
@@ -212,7 +216,7 @@ class Trainer:
         record = {"epoch": run.epoch + 1, "phase": phase.name, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": run.lrs()}
         if run.val_loader is not None:
-            scores = self._validate(run)
+            scores = self._validate(run, where)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
             if not math.isfinite(scores["loss"]):
                 raise FloatingPointError(f"non-finite validation loss {scores['loss']} in {where}: val_loader yields "
@@ -221,17 +225,17 @@ class Trainer:
         record["seconds"] = time.perf_counter() - began
         return record
 
-    def _validate(self, run: Run) -> dict[str, float | None]:
+    def _validate(self, run: Run, where: str) -> dict[str, float | None]:
         if not run.val_cached:
-            return self.evaluate(run.val_loader)
+            return self.evaluate(run.val_loader, source=f"val_loader, {where}")
         return evaluate(run.head_module(), run.val_cache.batches(run.val_loader), criterion=self.criterion,
-                        device=self.device, precision=self.precision)
+                        device=self.device, precision=self.precision, source=f"val_loader, {where}")
 
     def _train_epoch(self, run: Run, phase: Phase, where: str) -> tuple[float, float | None]:
         run.running.train()  # on cached features only the head runs; the backbone's modes do not matter
         batches, total = run.batches()
         stepping = run.hooks.has("on_step_start") or run.hooks.has("on_step_end")
-        tally = _Tally()
+        tally = _Tally(self.criterion)
         for step, batch in enumerate(self.progress.batches(batches, total, where)):
             inputs, targets = split_batch(batch, source="train_loader")
             if targets is None:
@@ -241,7 +245,10 @@ class Trainer:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             if stepping:
                 run.hooks("on_step_start", Step(phase, run.epoch + 1, step))
-            logits, loss = self._loss(run, inputs, targets)
+            logits, loss = self._loss(run, inputs, targets, f"train_loader, {where}, batch {step + 1}")
+            if loss is None:  # every target is ignore_index: nothing to learn, no step
+                tally.add(0.0, logits, targets)
+                continue
             value = float(loss.detach())
             self._check_finite(math.isfinite(value), f"loss {value}", where, step)
             self._step(run, loss, where, step)
@@ -250,9 +257,15 @@ class Trainer:
                 run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value))
         return tally.result("train_loader yielded no batches", self.dist)
 
-    def _loss(self, run: Run, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, run: Run, inputs: torch.Tensor, targets: torch.Tensor,
+              where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's logits and loss, its targets checked first (``check_targets``); the loss is
+        None when every target is the criterion's ``ignore_index`` (under torchrun the ranks
+        step together, so such a batch still steps there)."""
         with self.precision.autocast():
             logits, aux = _split_outputs(run.forward(inputs))
+            if not check_targets(targets, logits, criterion=self.criterion, where=where) and not self.dist.enabled:
+                return logits, None
             loss = self.criterion(logits, targets)
             if aux:  # inception_v3 / googlenet in train mode
                 loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
@@ -288,11 +301,12 @@ class Trainer:
                                      "the run stops and no checkpoint is written. Lower the learning rate "
                                      "or set grad_clip")
 
-    def evaluate(self, loader: Any) -> dict[str, float | None]:
-        """Mean loss and accuracy over every sample of ``loader``; see ``evaluation.evaluate``."""
+    def evaluate(self, loader: Any, *, source: str = "loader") -> dict[str, float | None]:
+        """Mean loss and accuracy over every sample of ``loader`` (``source`` names it in errors);
+        see ``evaluation.evaluate``."""
         with memory_layout(self.model, self.channels_last):
             return evaluate(self.model, loader, criterion=self.criterion, device=self.device,
-                            precision=self.precision, distributed=self.dist)
+                            precision=self.precision, distributed=self.dist, source=source)
 
     def predict(self, data: Any, *, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a tensor of images or a loader; see ``evaluation.predict``."""
