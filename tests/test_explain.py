@@ -297,3 +297,38 @@ def test_a_fine_tuned_mobilenet_looks_at_the_patch(mobilenet_weights):
     hits = float((peak_quarters(maps) == quarters).double().mean())
     assert accuracy >= 0.9
     assert hits >= 0.9, f"the map peaks in the patch's quarter for {hits:.0%} of the held-out images"
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_explain_writes_one_overlay_per_image_and_never_overwrites(tmp_path, capsys):
+    from transferlearn.cli import main
+    from transferlearn.ship.classifier import load_classifier, save_classifier
+
+    torch.manual_seed(0)
+    save_classifier(load_model("mobilenet_v2", weights=None, num_classes=2), tmp_path / "run", classes=["a", "b"],
+                    transform=imagenet_transform(size=32))
+    rng = np.random.default_rng(0)
+    images = [tmp_path / "one" / "x.png", tmp_path / "two" / "x.jpg"]
+    for path in images:
+        path.parent.mkdir()
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    args = ["explain", str(tmp_path / "run"), *map(str, images), "--out", str(tmp_path / "cams")]
+    assert main(args) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    written = [tmp_path / "cams" / "x.cam.png", tmp_path / "cams" / "x-2.cam.png"]   # same stem: both kept
+    assert [(row[0], row[3]) for row in lines] == [(str(i), str(w)) for i, w in zip(images, written)]
+    clf = load_classifier(tmp_path / "run")
+    for image, file, row in zip(images, written, lines):
+        assert row[1] == clf.predict(image)[0]["class"]
+        expected = overlay(Image.open(image), clf.explain(image, target=row[1])[0])
+        assert np.array_equal(np.asarray(Image.open(file)), np.asarray(expected))
+    before = written[0].read_bytes()
+    assert main(args) == 2
+    assert "already holds" in capsys.readouterr().err and written[0].read_bytes() == before
+    assert main([*args[:-1], str(tmp_path / "other"), "--target", "c"]) == 2
+    assert "--target 'c' is not one of the classifier's classes ['a', 'b']" in capsys.readouterr().err
+    assert main([*args[:-1], str(images[0])]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "b"), "--target", "b", "--method", "gradcam"]) == 0
+    expected = overlay(Image.open(images[0]), clf.explain(images[0], target="b", method="gradcam")[0])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b" / "x.cam.png")), np.asarray(expected))
