@@ -145,6 +145,9 @@ def _card(row: dict[str, Any], picture: torch.Tensor | None, cam: Any) -> str:
         pictures = h.img(h.png_bytes(to_pil_image(picture), THUMBNAIL), f"input: {where}")
         if cam is not None:
             pictures += h.img(h.png_bytes(overlay(picture, cam), THUMBNAIL), f"class-activation map: {where}")
+            if float(cam.max()) == 0.0:
+                pictures += (f'<div class="note">no position raised the score of {h.esc(row["predicted"])}: '
+                             "the map is 0 everywhere</div>")
     return (f'<div class="card">{pictures}<div><b>{h.esc(row["true"])}</b> \u2192 <b>{h.esc(row["predicted"])}</b>'
             f' (p {row["probability"]:.3f}, loss {row["loss"]:.3f})</div><div class="path">{h.esc(where)}</div></div>')
 
