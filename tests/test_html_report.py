@@ -206,3 +206,17 @@ def test_fit_writes_report_html_and_evaluate_html_writes_one(folder, tmp_path, c
     text = "".join(page.text)
     wrong = [p for p in (folder / "a<i>").glob("*.png")] + [p for p in (folder / "b&c").glob("*.png")]
     assert any(str(p) in text for p in wrong) or "no misclassified image" in text
+
+
+def test_a_heat_map_without_evidence_is_said_to_be_zero(files, net, tmp_path):
+    from transferlearn.ship.explain import class_activation_map
+    for weight, expected in ((None, 6), (0.5, 0)):                # this random net: no class has evidence;
+        if weight is not None:                                     # positive weights on ReLU features: all do
+            with torch.no_grad():
+                net.fc.weight.fill_(weight)
+        report = classification_report(net, files, top_losses=6)
+        targets = [report.classes.index(row["predicted"]) for row in report.top_losses]
+        maps = class_activation_map(net, torch.stack(report.images), target=targets)
+        assert sum(float(m.max()) == 0.0 for m in maps) == expected and len(maps) == 6
+        text = "".join(Page(report.to_html(tmp_path / "r.html", model=net).read_text()).text)
+        assert text.count("the map is 0 everywhere") == expected
