@@ -53,6 +53,17 @@ def _fit_parser(sub: Any) -> None:
     fit.set_defaults(run=commands.fit)
 
 
+def _explain_parser(sub: Any) -> None:
+    ex = sub.add_parser("explain", help="where the network looked: one heat-map overlay PNG per image")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("images", metavar="IMAGE", nargs="+")
+    ex.add_argument("--out", required=True, metavar="DIR", help="folder for IMAGE's <stem>.cam.png (never overwritten)")
+    ex.add_argument("--target", metavar="CLASS", default=None, help="explain this class (default: the predicted one)")
+    ex.add_argument("--method", default="hirescam", choices=("hirescam", "gradcam"))
+    ex.add_argument("--batch-size", type=_positive, default=32)
+    ex.set_defaults(run=commands.explain)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="transferlearn", description="transfer learning with pretrained CNNs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image> (its val/ for a train/val layout)")
     ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     ev.add_argument("--batch-size", type=_positive, default=64)
+    ev.add_argument("--html", metavar="FILE", default=None,
+                    help="also write the report as one self-contained HTML page")
     ev.set_defaults(run=commands.evaluate)
     pr = sub.add_parser("predict", help="classify image files")
     pr.add_argument("run_dir", metavar="RUN_DIR")
@@ -70,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="a JSON list instead of one line per image")
     pr.add_argument("--batch-size", type=_positive, default=32)
     pr.set_defaults(run=commands.predict)
+    _explain_parser(sub)
     ex = sub.add_parser("export", help="write the classifier as ONNX (dynamic batch, probabilities out)")
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("--onnx", required=True, metavar="FILE")

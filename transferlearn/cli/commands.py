@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,16 @@ from ..data.imagefiles import ImageFiles
 from ..model.heads import replace_head
 from ..model.load import install_weights, load_model
 from ..ship.classifier import load_classifier, save_classifier
+from ..ship.heatmap import save_overlay
+from ..ship.html_report import write_html
 from ..ship.onnx_export import export_onnx
 from ..ship.report import ClassificationReport, classification_report
-from ..train.history import plot_history
+from ..train.history import History, plot_history
 from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy
 from ..train.trainer import Trainer
 
-__all__ = ["STRATEGIES", "evaluate", "export", "fit", "install", "predict", "recommend"]
+__all__ = ["STRATEGIES", "evaluate", "explain", "export", "fit", "install", "predict", "recommend"]
 
 STRATEGIES = ("auto", "feature_extraction", "fine_tune_last", "fine_tune_all")
 # The class sizes of each similar-domain row of the decision table (strategy.md).
@@ -94,8 +97,25 @@ def fit(args: argparse.Namespace) -> None:
     if report is not None:
         report.plot_confusion_matrix(out / "confusion_matrix.png")
         report.plot_top_losses(out / "top_losses.png")
+    _fit_html(out, report, history, model, args, strategy, data)
     print(_summary(report, history))
     print(f"saved the classifier to {out}")
+
+
+def _fit_html(out: Path, report: ClassificationReport | None, history: Any, model: Any, args: argparse.Namespace,
+              strategy: Strategy, data: Any) -> Path:
+    """``RUN_DIR/report.html``: the run's settings, data, curves and validation report on one page."""
+    transform = data.val.transform if data.val is not None else data.train.transform
+    seconds = [r.get("seconds") for r in history if isinstance(r.get("seconds"), (int, float))]
+    settings = {"data": str(args.data_dir), "architecture": args.arch, "weights": model.transferlearn_weights,
+                "strategy": strategy.kind, "epochs": f"{strategy.warmup_epochs} warm-up + "
+                f"{strategy.finetune_epochs} fine-tune", "image size": transform.size, "resize": transform.resize,
+                "batch size": args.batch_size, "seed": args.seed, "validation fraction": args.val_fraction,
+                "images per class": data.counts, "skipped files": [list(s) for s in data.skipped],
+                "timings": {"training (s)": round(sum(seconds), 2), "epochs": len(history)},
+                "strategy settings": asdict(strategy)}
+    return write_html(report, out / "report.html", history=history, settings=settings, model=model,
+                      title=f"transferlearn fit: {out.name}")
 
 
 def _labelled_files(data_dir: str, classes: tuple[str, ...], transform: Any) -> ImageFiles:
@@ -116,6 +136,8 @@ def evaluate(args: argparse.Namespace) -> None:
     clf = load_classifier(args.run_dir)
     report = classification_report(clf, _labelled_files(args.data_dir, clf.classes, clf.transform),
                                    batch_size=args.batch_size)
+    if args.html is not None:
+        _evaluate_html(args, clf, report)
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))
         return
@@ -124,6 +146,19 @@ def evaluate(args: argparse.Namespace) -> None:
         where = row["path"] if row["path"] is not None else f"#{row['index']}"
         print(f"wrong: {where}  {row['true']} -> {row['predicted']}  (p {row['probability']:.3f}, "
               f"loss {row['loss']:.3f})")
+
+
+def _evaluate_html(args: argparse.Namespace, clf: Any, report: ClassificationReport) -> None:
+    """``evaluate --html FILE``: the report on one page, with the run's curves when it has a history."""
+    history = Path(args.run_dir) / "history.json"
+    config = clf.config
+    settings = {"classifier": str(args.run_dir), "data": str(args.data_dir), "images": report.count,
+                "architecture": config.arch if config else None, "weights": config.weights if config else None,
+                "image size": clf.transform.size, "resize": clf.transform.resize,
+                "saved with": dict(config.versions) if config else None}
+    path = write_html(report, args.html, history=History.from_json(history) if history.is_file() else None,
+                      settings=settings, model=clf, title=f"transferlearn evaluate: {args.run_dir} on {args.data_dir}")
+    print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -137,6 +172,37 @@ def predict(args: argparse.Namespace) -> None:
     for row in rows:
         others = "".join(f"  {name} {p:.4f}" for name, p in row["top_k"][1:])
         print(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}{others}")
+
+
+def _overlay_names(images: list[str]) -> list[str]:
+    """``<stem>.cam.png`` per image; a stem met again gets ``-2``, ``-3``, ... so none is overwritten."""
+    names: list[str] = []
+    for image in images:
+        stem, k = Path(image).stem, 2
+        name = f"{stem}.cam.png"
+        while name in names:
+            name, k = f"{stem}-{k}.cam.png", k + 1
+        names.append(name)
+    return names
+
+
+def explain(args: argparse.Namespace) -> None:
+    """``transferlearn explain RUN_DIR IMAGE... --out DIR [--target CLASS]``: one overlay PNG per image."""
+    clf = load_classifier(args.run_dir)
+    if args.target is not None and args.target not in clf.classes:
+        raise ValueError(f"--target {args.target!r} is not one of the classifier's classes {list(clf.classes)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {args.out!r} is a file; give a folder for the overlays")
+    files = [out / name for name in _overlay_names(list(args.images))]
+    taken = [str(f) for f in files if f.exists()]
+    if taken:
+        raise ValueError(f"--out {args.out!r} already holds {taken[0]}; give a new folder (nothing is overwritten)")
+    results = clf.predict(list(args.images), batch_size=args.batch_size)    # every file is read before any write
+    for image, file, row in zip(args.images, files, results):
+        cam = clf.explain(image, target=args.target or row["class"], method=args.method)[0]
+        save_overlay(image, cam, file)
+        print(f"{image}\t{row['class']}\t{row['probability']:.4f}\t{file}")
 
 
 def export(args: argparse.Namespace) -> None:

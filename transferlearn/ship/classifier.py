@@ -185,6 +185,36 @@ class Classifier:
                 rows.append(predict(self.model, batch, batch_size=batch_size))
         return torch.cat(rows)
 
+    def explain(self, items: Any, *, target: Any = None, draft: bool = False,
+                method: str = "hirescam") -> list[torch.Tensor]:
+        """Where the network looked: one class-activation map per image, in the image's geometry.
+
+        The map of the backbone's last feature map for the centre crop the network saw, put
+        back where that crop lies in the image (0 outside it) and scaled to the image's size;
+        ``save_overlay(image, map, path)`` draws it (see ``transferlearn.ship.explain``).
+
+        Args:
+            items: as ``predict``.
+            target: the class to explain: None (each image's predicted class), a class name or
+                index for all images, or one per image.
+            draft: as ``predict``; False (the default) reads files at full size, so each map
+                has the size of ``load_image(path)``.
+            method: ``"hirescam"`` or ``"gradcam"``.
+
+        Returns:
+            One ``(H, W)`` float tensor in [0, 1] per image (1 at its peak).
+
+        Raises:
+            TypeError, ValueError: as ``predict``; an unknown class or ``method``.
+
+        Example:
+            >>> cam = clf.explain(["cat.jpg"])[0]
+            >>> save_overlay("cat.jpg", cam, "cat.cam.png")
+        """
+        from .explain import explain_images
+
+        return explain_images(self, _items(items), target=target, draft=draft, method=method)
+
     def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
                 draft: bool = True) -> list[dict[str, Any]]:
         """Classify one or many images.

@@ -137,6 +137,27 @@ class ClassificationReport:
         check_int("columns", columns, minimum=1)
         return _save_png(top_losses_figure(self.top_losses, self.images, self.stats, columns), path)
 
+    def to_html(self, path: str | os.PathLike, *, history: Any = None, settings: Any = None,
+                model: Any = None, title: str = "transferlearn report") -> Path:
+        """Write the report as one self-contained HTML page (``html_report.write_html``).
+
+        Args:
+            path: the ``.html`` file.
+            history: the ``History`` of ``fit``: learning curves with the kept epoch marked.
+            settings: ``{name: value}`` shown as tables (strategy, image size, counts, ...).
+            model: the network or ``Classifier``: a class-activation overlay per top loss.
+            title: the page's title.
+
+        Returns:
+            The path written.
+
+        Example:
+            >>> report.to_html("runs/pets/report.html", history=history, model=model)
+        """
+        from .html_report import write_html
+
+        return write_html(self, path, history=history, settings=settings, model=model, title=title)
+
 
 def _save_png(figure: Any, path: str | os.PathLike) -> Path:
     if not isinstance(path, (str, os.PathLike)):
