@@ -9,25 +9,27 @@ file of weights. Nothing is pickled: loading rebuilds the architecture with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from ..base import atomic_write, check_int, check_module, describe, run_device
-from ..data.images import load_image
 from ..data.transforms import ImagePreprocess, imagenet_transform
 from ..train.evaluation import predict
 from ..train.runtime import memory_layout, use_channels_last
+from . import _inputs as inputs
 from . import _parts as parts
+from .claim import claimed, read_claim
 from .format import CONFIG_NAME, FORMAT, ClassifierConfig
+
+_MAX_CONFIG_BYTES = 16 << 20
 
 __all__ = ["Classifier", "ClassifierConfig", "load_classifier", "save_classifier"]
 
@@ -80,52 +82,26 @@ def save_classifier(model: nn.Module, directory: str | os.PathLike, *, classes: 
         weights_file="model-000000000000.safetensors", sha256="0" * 64, dtype=parts.dtype_name(model),
         versions={"transferlearn": parts.library_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__})
+    ClassifierConfig.from_dict(json.loads(config.to_json()), "the classifier to save")  # what load reads
     parts.check_rebuilds(model, config)
-    extras = {n: parts.json_text(v, n) for n, v in (("history", history), ("metrics", metrics)) if v is not None}
+    extras = {f"{n}.json": parts.json_text(v, n) for n, v in (("history", history), ("metrics", metrics))
+              if v is not None}
+    tensors = parts.cpu_tensors(model)
+    parts.check_finite(tensors, "save_classifier refuses the model")
     from safetensors.torch import save as to_bytes
-    blob = to_bytes(parts.cpu_tensors(model), metadata={"format": "pt"})
+    blob = to_bytes(tensors, metadata={"format": "pt"})
     digest = hashlib.sha256(blob).hexdigest()
-    config = replace(config, weights_file=f"model-{digest[:12]}.safetensors", sha256=digest)
-    for name, text in extras.items():
-        atomic_write(path / f"{name}.json", lambda f, t=text: f.write(t.encode()))
-    atomic_write(path / config.weights_file, lambda f: f.write(blob))
-    atomic_write(path / CONFIG_NAME, lambda f: f.write(config.to_json().encode()))
-    for stale in path.glob("model-*.safetensors"):
-        if stale.name != config.weights_file:
-            stale.unlink()
+    config = replace(config, weights_file=f"model-{digest[:12]}.safetensors", sha256=digest,
+                     files=(f"model-{digest[:12]}.safetensors", *sorted(extras)))
+    previous = parts.previous_config(path) if path.is_dir() else None
+    stale = parts.check_sidecars(path, previous, list(extras)) if path.is_dir() else []
+    with claimed(path, "save_classifier", take_over=True):
+        for name, text in extras.items():
+            atomic_write(path / name, lambda f, t=text: f.write(t.encode()))
+        atomic_write(path / config.weights_file, lambda f: f.write(blob))
+        atomic_write(path / CONFIG_NAME, lambda f: f.write(config.to_json().encode()))
+        parts.remove_previous(path, previous, config, stale)
     return path
-
-
-def _one_item(item: Any, where: str) -> Any:
-    """Check one image: a path, a PIL image, or an unnormalised tensor / array."""
-    if isinstance(item, (str, os.PathLike)):
-        return Path(item)
-    if isinstance(item, Image.Image):
-        return item
-    if isinstance(item, np.ndarray):
-        item = torch.from_numpy(np.array(item))  # a copy: arrays may be read-only
-        if item.ndim == 3 and item.shape[-1] in (1, 3) and item.shape[0] not in (1, 3):
-            item = item.permute(2, 0, 1)
-    if not isinstance(item, torch.Tensor):
-        raise TypeError(f"{where} must be a file path, a PIL image or an image tensor, got {describe(item)}")
-    if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[0] not in (1, 3)):
-        raise ValueError(f"{where} must be an image tensor shaped (C, H, W) with C in (1, 3), got shape "
-                         f"{tuple(item.shape)}")
-    if item.dtype != torch.uint8 and not item.is_floating_point():
-        raise TypeError(f"{where} must be a uint8 or float tensor, got dtype {item.dtype}")
-    if item.is_floating_point() and item.numel() and not bool(((item >= 0) & (item <= 1)).all()):
-        raise ValueError(f"{where} must hold unnormalised pixels (float in [0, 1] or uint8), got values in "
-                         f"[{float(item.min()):.3g}, {float(item.max()):.3g}]; the classifier normalises "
-                         "images itself, so pass them before Normalize")
-    return item
-
-
-def _items(items: Any) -> list[Any]:
-    if isinstance(items, torch.Tensor) and items.ndim == 4:
-        return [_one_item(x, f"items[{i}]") for i, x in enumerate(items)]
-    if isinstance(items, (list, tuple)):
-        return [_one_item(x, f"items[{i}]") for i, x in enumerate(items)]
-    return [_one_item(items, "items")]
 
 
 class Classifier:
@@ -136,10 +112,12 @@ class Classifier:
         classes: class names, index ``i`` is output ``i``.
         transform: the evaluation ``ImagePreprocess`` applied to every image.
         config: the ``ClassifierConfig`` read from ``classifier.json`` (None if built by hand).
+        directory: the directory it was loaded from (None if built by hand); ``export_onnx``
+            never writes over its files.
     """
 
     def __init__(self, model: nn.Module, classes: Sequence[str], transform: ImagePreprocess, *,
-                 config: ClassifierConfig | None = None) -> None:
+                 config: ClassifierConfig | None = None, directory: str | os.PathLike | None = None) -> None:
         check_module("model", model)
         self.classes = parts.check_classes(classes)
         params = parts.transform_params(transform)
@@ -147,12 +125,13 @@ class Classifier:
             size=params["size"], resize=params["resize"], mean=params["mean"], std=params["std"],
             interpolation=transform.interpolation)
         self.model, self.config = model.eval(), config
+        self.directory = None if directory is None else Path(directory)
 
     def __repr__(self) -> str:
         arch = self.config.arch if self.config else type(self.model).__name__
         return f"Classifier({arch}, {len(self.classes)} classes, {self.transform!r})"
 
-    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = True) -> torch.Tensor:
+    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = False) -> torch.Tensor:
         """Class probabilities, shape ``(N, num_classes)``, for the images in ``items``.
 
         Args:
@@ -161,7 +140,9 @@ class Classifier:
             draft: see ``predict``.
 
         Returns:
-            A float tensor on the CPU; row ``i`` belongs to the ``i``-th image.
+            A float32 tensor on the CPU; row ``i`` belongs to the ``i``-th image. The model
+            runs in its own dtype (a float16, bfloat16 or float64 classifier gets its inputs
+            in that dtype).
 
         Raises:
             TypeError, ValueError: as ``predict``.
@@ -173,20 +154,19 @@ class Classifier:
         check_int("batch_size", batch_size, minimum=1)
         if not isinstance(draft, bool):
             raise TypeError(f"draft must be True or False, got {describe(draft)}")
-        side = self.transform.resize
-        images = _items(items)
+        images = inputs.items(items)
         rows = [torch.empty(0, len(self.classes))]
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         fast = use_channels_last("auto", run_device(self.model), self.model)  # as the Trainer runs it
         with memory_layout(self.model, fast):
             for start in range(0, len(images), batch_size):
-                batch = torch.stack([self.transform(load_image(x, draft=(side, side) if draft else None)
-                                                    if isinstance(x, Path) else x)
-                                     for x in images[start:start + batch_size]])
-                rows.append(predict(self.model, batch, batch_size=batch_size))
+                batch = torch.stack([inputs.prepared(x, where, self.transform, draft)
+                                     for x, where in images[start:start + batch_size]])
+                rows.append(predict(self.model, batch.to(dtype), batch_size=batch_size).float())
         return torch.cat(rows)
 
     def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
-                draft: bool = True) -> list[dict[str, Any]]:
+                draft: bool = False) -> list[dict[str, Any]]:
         """Classify one or many images.
 
         Args:
@@ -195,9 +175,11 @@ class Classifier:
                 float in [0, 1]; ``(C, H, W)``, an ``(N, C, H, W)`` batch is N images).
             top_k: how many of the most probable classes to list, 1 to ``len(classes)``.
             batch_size: images transformed and run together.
-            draft: decode JPEG files at the smallest power-of-two reduction still at least
-                the transform's ``resize`` (as ``load_image_folder`` does by default, so a file
-                is seen exactly as in training); False decodes at full size.
+            draft: False (default): decode files at full size, the pixels any other reader
+                (``load_image``, the ONNX recipe in docs/shipping.md) sees. True: decode JPEGs
+                at the smallest power-of-two reduction still at least the transform's
+                ``resize`` (as ``load_image_folder`` does by default for training), faster
+                on large photos; the pixels then differ slightly (docs/shipping.md).
 
         Returns:
             One dict per image, in order: ``{"class": name, "probability": p,
@@ -206,7 +188,8 @@ class Classifier:
         Raises:
             TypeError: an item of another type, a tensor of another dtype.
             ValueError: ``top_k`` out of range, a tensor of the wrong shape or with values
-                outside [0, 1], or an unreadable image file (the error names the path).
+                outside [0, 1], an unreadable image file (the error names the path), or an
+                image whose resize would exceed ``PIL.Image.MAX_IMAGE_PIXELS``.
 
         Example:
             >>> clf = load_classifier("runs/pets")
@@ -234,7 +217,39 @@ def _read_weights(path: Path, config: ClassifierConfig) -> dict[str, torch.Tenso
     if hashlib.sha256(blob).hexdigest() != config.sha256:
         raise ValueError(f"{file} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is "
                          "damaged or was replaced")
-    return from_bytes(blob)
+    try:
+        tensors = from_bytes(blob)
+    except Exception as error:  # safetensors' own error type: not a safetensors file
+        raise ValueError(f"{file} is not a readable safetensors file ({error})") from None
+    parts.check_finite(tensors, f"{file} is refused")
+    return tensors
+
+
+def _read_config(path: Path) -> ClassifierConfig:
+    """``classifier.json`` parsed and checked; a binary or oversized file is named as such."""
+    file = path / CONFIG_NAME
+    if file.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{file} is {file.stat().st_size} bytes; a classifier.json is at most "
+                         f"{_MAX_CONFIG_BYTES} bytes (class names and a few numbers)")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file} is not a UTF-8 text (JSON) file: byte {error.start} is "
+                         f"{error.object[error.start:error.start + 1]!r}") from None
+    return ClassifierConfig.from_json(text, str(file))
+
+
+def _not_a_classifier(path: Path, directory: Any) -> ValueError:
+    """Why ``path`` has no ``classifier.json``: never saved, being written, or an interrupted save."""
+    claim = read_claim(path)
+    if claim is None:
+        return ValueError(f"{str(directory)!r} is not a saved classifier: it has no {CONFIG_NAME} "
+                          "(save_classifier or 'transferlearn fit' writes one)")
+    if claim.running:
+        return ValueError(f"{str(directory)!r} is not a saved classifier yet: it is being written by "
+                          f"{claim.describe()}; wait for it to finish")
+    return ValueError(f"{str(directory)!r} holds an interrupted save ({claim.describe()}, no longer "
+                      f"running) and no {CONFIG_NAME}; rerun the save (transferlearn fit ... --force)")
 
 
 def _check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -278,14 +293,22 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
     if not path.exists():
         raise FileNotFoundError(f"directory={str(directory)!r} does not exist")
     if not (path / CONFIG_NAME).is_file():
-        raise ValueError(f"{str(directory)!r} is not a saved classifier: it has no {CONFIG_NAME} "
-                         "(save_classifier or 'transferlearn fit' writes one)")
-    config = ClassifierConfig.from_json((path / CONFIG_NAME).read_text(), str(path / CONFIG_NAME))
+        raise _not_a_classifier(path, directory)
+    config = _read_config(path)
     tensors = _read_weights(path, config)
-    model = parts.build_model(config)
-    _check_fits(model, tensors, f"{path / config.weights_file} does not fit {config.arch!r}")
+    source = str(path / CONFIG_NAME)
+    try:            # names and shapes first, on the meta device: nothing allocated for a bad file
+        skeleton = parts.build_model(config, device="meta", source=source)
+    except NotImplementedError:
+        skeleton = None
+    what = f"{path / config.weights_file} does not fit {config.arch!r}"
+    if skeleton is not None:
+        _check_fits(skeleton, tensors, what)
+    model = parts.build_model(config, source=source)
+    _check_fits(model, tensors, what)
     model.load_state_dict(tensors, strict=True)
     transform = imagenet_transform(
         size=config.transform["size"], resize=config.transform["resize"], mean=config.transform["mean"],
         std=config.transform["std"], interpolation=InterpolationMode(config.transform["interpolation"]))
-    return Classifier(model.to(device or "cpu").eval(), config.classes, transform, config=config)
+    return Classifier(model.to(device or "cpu").eval(), config.classes, transform, config=config,
+                      directory=path)
