@@ -145,8 +145,8 @@ def test_overwrite_true_replaces_the_file_atomically(run, tmp_path, monkeypatch)
     target = tmp_path / "clf.onnx"
     target.write_bytes(b"old")
     module.export_onnx(load_classifier(run), target, overwrite=True)
-    assert onnx.load(str(target)).graph.name == "g" and [p.name for p in tmp_path.iterdir()] == ["run", "clf.onnx"] \
-        or sorted(p.name for p in tmp_path.iterdir()) == ["clf.onnx", "run"]
+    assert onnx.load(str(target)).graph.name == "g"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.onnx", "run"]             # no temporary file left
 
 
 # --- 2. one writer per directory; the temp-file sweep never deletes a live writer's file -------
@@ -181,6 +181,15 @@ def test_a_second_fit_is_refused_while_the_first_holds_out_and_force_takes_over_
     assert "rerun with --force" in err
     assert main(_fit(folder, out, "--force")) == 0
     assert "saved the classifier" in capsys.readouterr().out
+    assert not (out / CLAIM_NAME).exists() and load_classifier(out).classes == tuple(CLASSES)
+
+
+def test_a_fit_killed_before_it_wrote_anything_is_taken_over_without_force(folder, tmp_path, capsys):
+    from transferlearn.ship.claim import _create
+    out = tmp_path / "run"
+    out.mkdir()
+    assert _create(out, "transferlearn fit") is not None       # what a fit killed while training leaves
+    assert main(_fit(folder, out)) == 0, capsys.readouterr().err
     assert not (out / CLAIM_NAME).exists() and load_classifier(out).classes == tuple(CLASSES)
 
 

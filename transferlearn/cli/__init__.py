@@ -59,7 +59,8 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--strategy", default="auto", choices=commands.STRATEGIES,
                      help="auto asks recommend_strategy with the smallest class's image count")
     fit.add_argument("--epochs", type=_positive, default=None, help="total epochs (default: the strategy's)")
-    fit.add_argument("--image-size", type=_side, default=None, help=f"input side, at most {MAX_SIDE} (default: the weights')")
+    fit.add_argument("--image-size", type=_side, default=None,
+                     help=f"input side, at most {MAX_SIDE} (default: the weights')")
     fit.add_argument("--batch-size", type=_positive, default=32)
     fit.add_argument("--val-fraction", type=float, default=0.2, help="share of each class for validation")
     fit.add_argument("--seed", type=int, default=0)

@@ -52,7 +52,8 @@ def _claimed_run_dir(out: str, force: bool) -> Iterator[Path]:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"--out {out!r} is a file; give a new folder for the run")
-    with claimed(path, "transferlearn fit", take_over=force):
+    only_a_claim = path.is_dir() and all(p.name.startswith(CLAIM_NAME) for p in path.iterdir())
+    with claimed(path, "transferlearn fit", take_over=force or only_a_claim):   # nothing else to lose
         if not force and any(not p.name.startswith(CLAIM_NAME) for p in path.iterdir()):
             raise ValueError(f"--out {out!r} exists and is not empty; give a new folder for the run, or pass "
                              "--force to save into it (its classifier, history, metrics and plots are "
