@@ -26,10 +26,9 @@ from ..train.evaluation import predict
 from ..train.runtime import memory_layout, use_channels_last
 from . import _inputs as inputs
 from . import _parts as parts
-from .claim import claimed, read_claim
+from . import _reading as reading
+from .claim import claimed
 from .format import CONFIG_NAME, FORMAT, ClassifierConfig
-
-_MAX_CONFIG_BYTES = 16 << 20
 
 __all__ = ["Classifier", "ClassifierConfig", "load_classifier", "save_classifier"]
 
@@ -43,7 +42,10 @@ def save_classifier(model: nn.Module, directory: str | os.PathLike, *, classes: 
     Files: ``classifier.json`` (a ``ClassifierConfig``), ``model-<sha>.safetensors`` (the
     state dict), and ``history.json`` / ``metrics.json`` when given. Each file is written
     atomically and ``classifier.json`` last, naming the weights file by its hash, so a crash
-    at any point leaves the previous classifier (or none) loadable, never a mix.
+    at any point leaves the previous classifier (or none) loadable, never a mix. The
+    directory is claimed for the write (``claim.claimed``: a second writer is refused, a
+    killed save stays marked). Saving again into it deletes only the previous classifier's
+    own weights file and its history/metrics that this save does not replace.
 
     Args:
         model: the trained network (DataParallel/DDP/compiled wrappers are unwrapped).
@@ -65,7 +67,11 @@ def save_classifier(model: nn.Module, directory: str | os.PathLike, *, classes: 
     Raises:
         TypeError: wrong argument types.
         ValueError: classes not unique or not matching the head, unknown ``arch``, a model
-            that ``load_model(arch, **model_kwargs)`` would not rebuild, ``directory`` is a file.
+            that ``load_model(arch, **model_kwargs)`` would not rebuild, non-structural
+            ``model_kwargs``, a transform size above 4096, NaN or inf weights, a
+            ``history.json`` / ``metrics.json`` of unknown origin left in ``directory`` that
+            this save would not replace, ``directory`` is a file.
+        ClaimedError: another process is writing ``directory`` (a ``FileExistsError``).
 
     Example:
         >>> save_classifier(model, "runs/pets", classes=data.classes,
@@ -206,64 +212,6 @@ class Classifier:
         return out
 
 
-def _read_weights(path: Path, config: ClassifierConfig) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load as from_bytes
-
-    file = path / config.weights_file
-    if not file.is_file():
-        raise ValueError(f"{path / CONFIG_NAME} names the weights file {config.weights_file!r}, which "
-                         "is missing; the classifier directory is incomplete")
-    blob = file.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != config.sha256:
-        raise ValueError(f"{file} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is "
-                         "damaged or was replaced")
-    try:
-        tensors = from_bytes(blob)
-    except Exception as error:  # safetensors' own error type: not a safetensors file
-        raise ValueError(f"{file} is not a readable safetensors file ({error})") from None
-    parts.check_finite(tensors, f"{file} is refused")
-    return tensors
-
-
-def _read_config(path: Path) -> ClassifierConfig:
-    """``classifier.json`` parsed and checked; a binary or oversized file is named as such."""
-    file = path / CONFIG_NAME
-    if file.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ValueError(f"{file} is {file.stat().st_size} bytes; a classifier.json is at most "
-                         f"{_MAX_CONFIG_BYTES} bytes (class names and a few numbers)")
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{file} is not a UTF-8 text (JSON) file: byte {error.start} is "
-                         f"{error.object[error.start:error.start + 1]!r}") from None
-    return ClassifierConfig.from_json(text, str(file))
-
-
-def _not_a_classifier(path: Path, directory: Any) -> ValueError:
-    """Why ``path`` has no ``classifier.json``: never saved, being written, or an interrupted save."""
-    claim = read_claim(path)
-    if claim is None:
-        return ValueError(f"{str(directory)!r} is not a saved classifier: it has no {CONFIG_NAME} "
-                          "(save_classifier or 'transferlearn fit' writes one)")
-    if claim.running:
-        return ValueError(f"{str(directory)!r} is not a saved classifier yet: it is being written by "
-                          f"{claim.describe()}; wait for it to finish")
-    return ValueError(f"{str(directory)!r} holds an interrupted save ({claim.describe()}, no longer "
-                      f"running) and no {CONFIG_NAME}; rerun the save (transferlearn fit ... --force)")
-
-
-def _check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Same names and shapes as the rebuilt model, or a ValueError naming the first differences."""
-    want = model.state_dict()
-    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
-    if missing or unexpected:
-        raise ValueError(f"{what}: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    shapes = [f"{k} is {tuple(tensors[k].shape)} in the file, {tuple(v.shape)} in the model"
-              for k, v in want.items() if tensors[k].shape != v.shape]
-    if shapes:
-        raise ValueError(f"{what}: {'; '.join(shapes[:2])}")
-
-
 def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Classifier:
     """Load what ``save_classifier`` wrote: rebuilt offline, weights loaded strictly, eval mode.
 
@@ -281,8 +229,10 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
     Raises:
         TypeError: ``directory`` is not a path.
         FileNotFoundError: ``directory`` does not exist.
-        ValueError: it is not a saved classifier (no ``classifier.json``), a field is missing,
-            of the wrong type or of an unknown format version, or the weights do not fit.
+        ValueError: it is not a saved classifier (no ``classifier.json``; the message says
+            when it is being written or was left by an interrupted save), a field is missing,
+            of the wrong type, out of bounds or of an unknown format version, a binary file,
+            or the weights do not fit or are not finite.
 
     Example:
         >>> clf = load_classifier("runs/pets")
@@ -293,9 +243,9 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
     if not path.exists():
         raise FileNotFoundError(f"directory={str(directory)!r} does not exist")
     if not (path / CONFIG_NAME).is_file():
-        raise _not_a_classifier(path, directory)
-    config = _read_config(path)
-    tensors = _read_weights(path, config)
+        raise reading.not_a_classifier(path, directory)
+    config = reading.read_config(path)
+    tensors = reading.read_weights(path, config)
     source = str(path / CONFIG_NAME)
     try:            # names and shapes first, on the meta device: nothing allocated for a bad file
         skeleton = parts.build_model(config, device="meta", source=source)
@@ -303,9 +253,9 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
         skeleton = None
     what = f"{path / config.weights_file} does not fit {config.arch!r}"
     if skeleton is not None:
-        _check_fits(skeleton, tensors, what)
+        reading.check_fits(skeleton, tensors, what)
     model = parts.build_model(config, source=source)
-    _check_fits(model, tensors, what)
+    reading.check_fits(model, tensors, what)
     model.load_state_dict(tensors, strict=True)
     transform = imagenet_transform(
         size=config.transform["size"], resize=config.transform["resize"], mean=config.transform["mean"],
