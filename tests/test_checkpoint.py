@@ -222,7 +222,13 @@ def test_resuming_a_finished_run_restores_its_last_phase(tmp_path):
 def test_stale_temporary_files_are_removed_and_files_respect_the_umask(tmp_path):
     import os
     import stat
-    stale = tmp_path / f".{LAST}.k1ll3d.tmp"
+    import subprocess
+    import sys
+
+    from transferlearn.base import _host_id
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()       # a writer killed mid-write
+    stale = tmp_path / f".{LAST}.{_host_id()}-{dead}.0123456789ab.tmp"
     stale.write_bytes(b"half a checkpoint")
     other = tmp_path / ".notes.txt.tmp"
     other.write_text("not ours")

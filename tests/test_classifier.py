@@ -339,7 +339,7 @@ def copy_of(saved, tmp_path):
     ({"weights_file": "../../etc/passwd"}, r"field 'weights_file' must be a file name like"),
     ({"dtype": "int8"}, r"field 'dtype' must be one of \['float32'"),
     ({"sha256": "0" * 64}, r"model-[0-9a-f]{12}.safetensors does not match the SHA-256 recorded in classifier.json"),
-    ({"weights_file": "model-000000000000.safetensors"}, r"names the weights file 'model-000000000000.safetensors', which is missing"),
+    ({"weights_file": "model-000000000000.safetensors", "files": ["model-000000000000.safetensors"]}, r"names the weights file 'model-000000000000.safetensors', which is missing"),
     ({"arch": "resnet18"}, r"rebuilding 'resnet18' puts its head at 'fc', not 'classifier.1' as saved"),
     ({"num_classes": 4, "classes": ["a", "b", "c", "d"]}, r"model-[0-9a-f]{12}.safetensors does not fit 'mobilenet_v2': "
                                                           r"classifier.1.weight is \(3, 1280\) in the file, \(4, 1280\) in the model"),
@@ -395,7 +395,7 @@ def test_loads_and_predicts_in_a_fresh_offline_process(mobilenet_weights, tmp_pa
     assert not empty_home.exists() or not list(empty_home.rglob("*.pth"))
 
 
-def test_files_are_seen_exactly_as_load_image_folder_sees_them(saved, tmp_path):
+def test_draft_true_sees_files_as_load_image_folder_does_and_the_default_decodes_in_full(saved, tmp_path):
     from transferlearn import load_image_folder
     from transferlearn.data.images import load_image
     model, directory = saved
@@ -408,9 +408,9 @@ def test_files_are_seen_exactly_as_load_image_folder_sees_them(saved, tmp_path):
     paths = [p for p, _ in data.val.samples]
     with torch.inference_mode():
         expected = model.eval()(torch.stack([data.val[i][0] for i in range(len(paths))])).softmax(1)
-    torch.testing.assert_close(clf.predict_proba(paths), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(clf.predict_proba(paths, draft=True), expected, rtol=1e-5, atol=1e-6)
     full = torch.stack([_oracle(model, load_image(p)) for p in paths])
-    torch.testing.assert_close(clf.predict_proba(paths, draft=False), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(clf.predict_proba(paths), full, rtol=1e-5, atol=1e-6)
     assert not torch.equal(TF(load_image(paths[0])), data.val[0][0])   # the draft decode is a real difference
     with pytest.raises(TypeError, match=r"draft must be True or False, got 1 \(int\)"):
         clf.predict(paths, draft=1)

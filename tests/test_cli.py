@@ -98,7 +98,7 @@ def test_fit_then_predict_evaluate_and_export_in_other_processes(photos, tmp_pat
     clf = load_classifier(run)
     session = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
     from transferlearn.data.images import load_image
-    batch = torch.stack([clf.transform(load_image(p, draft=(73, 73))) for p in new]).numpy()
+    batch = torch.stack([clf.transform(load_image(p)) for p in new]).numpy()        # the ONNX recipe
     assert np.abs(session.run(None, {"input": batch})[0] - expected.numpy()).max() <= 1e-4
 
 

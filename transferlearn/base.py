@@ -8,10 +8,14 @@ from here; this module imports nothing of the package.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import hashlib
 import math
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -114,28 +118,84 @@ def as_weights(value: Any, name: str = "weights") -> Any:
     return value
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
+def _host_id() -> str:
+    """A short, file-name-safe tag of this machine (temporary files name their writer by it)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs; True when that cannot be told.
+
+    POSIX: ``os.kill(pid, 0)`` (no signal is sent). Elsewhere (Windows, where ``os.kill``
+    would end the process) the answer is always True, so nothing of a live writer is ever
+    taken for dead.
+    """
+    if os.name != "posix" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:            # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def _sweep_dead_temporaries(path: Path) -> None:
+    """Remove temporary files of ``path`` whose writer (a pid of this machine) no longer runs.
+
+    A temporary file is named ``.<name>.<host>-<pid>.<token>.tmp``; one of another machine,
+    of a process still running (another live writer of the same file), or in another naming
+    (not provably dead) is left alone.
+    """
+    pattern = re.compile(re.escape(f".{path.name}.") + r"([0-9a-f]{8})-(\d+)\.[0-9a-f]{12}\.tmp")
+    host = _host_id()
+    for stale in path.parent.glob(f"{glob.escape(f'.{path.name}.')}*.tmp"):
+        found = pattern.fullmatch(stale.name)
+        if found and found.group(1) == host and int(found.group(2)) != os.getpid() \
+                and not pid_running(int(found.group(2))):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _place(tmp: str, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)          # atomic and never replaces: FileExistsError if taken
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists; not overwritten", str(path)) from None
+    except OSError:                 # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists; not overwritten", str(path)) from None
+        os.replace(tmp, path)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *,
+                 overwrite: bool = True) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, then move it into place.
 
     An exception mid-write leaves whatever was at ``path`` intact, and no temporary file
-    behind; temporary files left by a process that was killed mid-write are removed by the next
-    write to the same path. The file gets the permissions of any new file (0o666 less the umask),
-    not the owner-only ones of ``tempfile.mkstemp``.
+    behind. The temporary file's name carries this machine and process
+    (``.<name>.<host>-<pid>.<token>.tmp``); those left by a process of this machine that no
+    longer runs (killed mid-write) are removed by the next write to the same path, while a
+    live writer's are never touched. The file gets the permissions of any new file (0o666
+    less the umask), not the owner-only ones of ``tempfile.mkstemp``. With
+    ``overwrite=False`` an existing ``path`` is never replaced (``FileExistsError``), checked
+    atomically with a hard link where the file system has them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}."
-    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    tmp = str(path.parent / f"{prefix}{secrets.token_hex(6)}.tmp")
+    _sweep_dead_temporaries(path)
+    tmp = str(path.parent / f".{path.name}.{_host_id()}-{os.getpid()}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _place(tmp, path, overwrite)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -4,20 +4,27 @@
     transferlearn predict runs/pets new/cat.jpg --top-k 2
     transferlearn export runs/pets --onnx pets.onnx
 
-Every error (a missing folder, no classes, an unknown architecture, an unreadable image, a
-folder that is not a run directory, bad arguments) is one line on stderr,
-``transferlearn: error: ...``, and exit status 2; never a traceback.
+A user's error (a missing folder, no classes, an unknown architecture, an unreadable image, a
+folder that is not a run directory, bad arguments; see ``USER_ERRORS``) is one line on stderr,
+``transferlearn: error: ...``, and exit status 2; never a traceback. Any other exception is a
+bug of transferlearn and keeps its traceback (exit status 1). A closed stdout
+(``predict ... | head -1``) ends the command quietly with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, NoReturn
 
+import torch
+
+from ..model.load import MissingWeightsError
+from ..ship.format import MAX_SIDE
 from . import commands as commands
 
-__all__ = ["main"]
+__all__ = ["USER_ERRORS", "main"]
 
 
 class _UsageError(Exception):
@@ -36,6 +43,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _side(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_SIDE}], got {text}")
+    return value
+
+
 def _fit_parser(sub: Any) -> None:
     fit = sub.add_parser("fit", help="train a classifier on a folder of images and save it")
     fit.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>, or DATA_DIR/train + DATA_DIR/val")
@@ -45,11 +59,14 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--strategy", default="auto", choices=commands.STRATEGIES,
                      help="auto asks recommend_strategy with the smallest class's image count")
     fit.add_argument("--epochs", type=_positive, default=None, help="total epochs (default: the strategy's)")
-    fit.add_argument("--image-size", type=_positive, default=None, help="input side (default: the weights')")
+    fit.add_argument("--image-size", type=_side, default=None,
+                     help=f"input side, at most {MAX_SIDE} (default: the weights')")
     fit.add_argument("--batch-size", type=_positive, default=32)
     fit.add_argument("--val-fraction", type=float, default=0.2, help="share of each class for validation")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    fit.add_argument("--force", action="store_true",
+                     help="save into a RUN_DIR that is not empty, or that an interrupted fit left")
     fit.set_defaults(run=commands.fit)
 
 
@@ -82,11 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=_positive, default=1, help="list the K most probable classes")
     pr.add_argument("--json", action="store_true", help="a JSON list instead of one line per image")
     pr.add_argument("--batch-size", type=_positive, default=32)
+    pr.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     pr.set_defaults(run=commands.predict)
     _explain_parser(sub)
     ex = sub.add_parser("export", help="write the classifier as ONNX (dynamic batch, probabilities out)")
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("--onnx", required=True, metavar="FILE")
+    ex.add_argument("--force", action="store_true", help="replace FILE if it exists")
     ex.set_defaults(run=commands.export)
     inst = sub.add_parser("install-weights", help="copy a checkpoint into the torch hub cache (hash checked)")
     inst.add_argument("file", help="the .pth checkpoint")
@@ -101,10 +120,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can cause and fix: reported in one line, exit status 2 (see docs/cli.md). Anything else
+# (TypeError, KeyError, RuntimeError, AssertionError, ...) is a bug of transferlearn: a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    _UsageError, ValueError, OSError, ImportError, MemoryError, FloatingPointError,
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+
+
 def _one_line(error: BaseException) -> str:
+    if isinstance(error, MissingWeightsError):
+        return _missing_weights(error)
+    if isinstance(error, MemoryError) or "OutOfMemoryError" in type(error).__name__:
+        first = str(error).split(".")[0].strip()
+        return (f"out of memory ({type(error).__name__}{': ' + first if first else ''}); try a smaller "
+                "--batch-size or --image-size")
     text = " ".join(str(error).split()) or type(error).__name__
     return text if not isinstance(error, OSError) or error.filename is None or str(error.filename) in text \
         else f"{text}: {error.filename}"
+
+
+def _missing_weights(error: MissingWeightsError) -> str:
+    """The command line's wording: its own commands, not the Python API's options."""
+    if error.weights.startswith("timm/"):
+        return (f"pretrained weights for {error.weights!r} are not in the local Hugging Face cache and the "
+                "command line never downloads: fetch them once on a connected machine (timm.create_model("
+                f"{error.weights[5:]!r}, pretrained=True)) or pass --weights none")
+    from torchvision.models import get_weight
+    url = get_weight(error.weights).url
+    return (f"weights {error.weights} are not in the torch hub cache (expected {error.expected}); download "
+            f"{url} and run: transferlearn install-weights FILE {error.weights}")
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: send what is still buffered for stdout to /dev/null (Python's docs on SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success; 2 with one line on stderr for any error; 130 when interrupted.
+        0 on success (also when stdout is closed early, as by ``| head``); 2 with one line on
+        stderr for a user's error (``USER_ERRORS``); 130 when interrupted. Other exceptions
+        (bugs) propagate with their traceback.
 
     Example:
         >>> main(["recommend", "300"])
@@ -126,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("transferlearn: interrupted", file=sys.stderr)
         return 130
-    except (_UsageError, ValueError, TypeError, OSError, ImportError, ArithmeticError, RuntimeError) as error:
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except USER_ERRORS as error:
         print(f"transferlearn: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0

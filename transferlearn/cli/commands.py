@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..base import check_seed
 from ..data.folder import load_image_folder
 from ..data.imagefiles import ImageFiles
 from ..model.heads import replace_head
 from ..model.load import install_weights, load_model
+from ..ship.claim import CLAIM_NAME, claimed
 from ..ship.classifier import load_classifier, save_classifier
 from ..ship.heatmap import save_overlay
 from ..ship.html_report import write_html
@@ -24,11 +26,12 @@ from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy
 from ..train.trainer import Trainer
 
-__all__ = ["STRATEGIES", "evaluate", "explain", "export", "fit", "install", "predict", "recommend"]
+__all__ = ["PROGRESS_EVERY", "STRATEGIES", "evaluate", "explain", "export", "fit", "install", "predict", "recommend"]
 
 STRATEGIES = ("auto", "feature_extraction", "fine_tune_last", "fine_tune_all")
 # The class sizes of each similar-domain row of the decision table (strategy.md).
 _ROWS = {"feature_extraction": (1, 29), "fine_tune_last": (1_001, 10_000), "fine_tune_all": (10_001, None)}
+PROGRESS_EVERY = 500          # predict's progress, when stderr is not a terminal: a line per this many files
 
 
 def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
@@ -46,18 +49,28 @@ def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
     return Strategy(**{**asdict(strategy), "warmup_epochs": warm, "finetune_epochs": epochs - warm})
 
 
-def _fresh_run_dir(out: str, data_dir: str) -> Path:
-    path = Path(out)
+def _outside_data(out: str, data_dir: str) -> None:
+    """A run inside the data would be read as a class by the next ``fit``: refuse it up front."""
     data = Path(data_dir).resolve()
-    if path.resolve() == data or data in path.resolve().parents:
+    if Path(out).resolve() == data or data in Path(out).resolve().parents:
         raise ValueError(f"--out {out!r} is inside DATA_DIR {data_dir!r}: the next fit would read the run's "
                          "files as images; put the run outside the data folder")
+
+
+@contextlib.contextmanager
+def _claimed_run_dir(out: str, force: bool) -> Iterator[Path]:
+    """Claim ``--out`` for the whole fit (one writer at a time; an interruption stays marked), then
+    refuse it if it holds anything and ``--force`` is not given. Nothing is overwritten without it."""
+    path = Path(out)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"--out {out!r} is a file; give a new folder for the run")
-    if path.is_dir() and any(path.iterdir()):
-        raise ValueError(f"--out {out!r} exists and is not empty; give a new folder for the run "
-                         "(nothing is overwritten)")
-    return path
+    only_a_claim = path.is_dir() and all(p.name.startswith(CLAIM_NAME) for p in path.iterdir())
+    with claimed(path, "transferlearn fit", take_over=force or only_a_claim):   # nothing else to lose
+        if not force and any(not p.name.startswith(CLAIM_NAME) for p in path.iterdir()):
+            raise ValueError(f"--out {out!r} exists and is not empty; give a new folder for the run, or pass "
+                             "--force to save into it (its classifier, history, metrics and plots are "
+                             "replaced, other files kept)")
+        yield path
 
 
 def _summary(report: ClassificationReport | None, history: Any) -> str:
@@ -69,8 +82,13 @@ def _summary(report: ClassificationReport | None, history: Any) -> str:
 
 
 def fit(args: argparse.Namespace) -> None:
-    """``transferlearn fit DATA_DIR --out RUN_DIR ...``: train, save, report."""
-    out = _fresh_run_dir(args.out, args.data_dir)
+    """``transferlearn fit DATA_DIR --out RUN_DIR ...``: claim RUN_DIR, train, save, report."""
+    _outside_data(args.out, args.data_dir)                   # before the claim creates --out
+    with _claimed_run_dir(args.out, args.force) as out:
+        _fit(args, out)
+
+
+def _fit(args: argparse.Namespace, out: Path) -> None:
     seed_everything(check_seed("--seed", args.seed))   # before any weight is drawn: the new head, or weights none
     weights = None if args.weights.lower() == "none" else args.weights
     model = load_model(args.arch, weights=weights)           # unknown arch or missing weights: before any scan
@@ -88,7 +106,8 @@ def fit(args: argparse.Namespace) -> None:
           f"{len(data.val) if data.val is not None else 0} validation images; strategy {strategy.kind} "
           f"({strategy.warmup_epochs} warm-up + {strategy.finetune_epochs} fine-tune epochs)")
     history = Trainer(model, seed=args.seed).fit(train_loader, val_loader, strategy=strategy)
-    report = classification_report(model, data.val, data.classes) if data.val is not None else None
+    full = ImageFiles(data.val.samples, data.classes, data.val.transform, draft=False) if data.val else None
+    report = classification_report(model, full, data.classes) if full is not None else None  # as evaluate
     metrics = {**(report.to_dict() if report else {}), "best_epoch": history.best["epoch"] if history.best else None,
                "strategy": asdict(strategy), "counts": data.counts, "skipped": [list(s) for s in data.skipped]}
     transform = data.val.transform if data.val is not None else data.train.transform
@@ -128,7 +147,7 @@ def _labelled_files(data_dir: str, classes: tuple[str, ...], transform: Any) -> 
         raise ValueError(f"{data_dir!r} has class folders the classifier does not know: {unknown}; "
                          f"it knows {list(classes)}")
     samples = [(path, classes.index(found.classes[label])) for path, label in part.samples]
-    return ImageFiles(samples, classes, transform)
+    return ImageFiles(samples, classes, transform, draft=False)      # full decode, as predict
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -161,17 +180,54 @@ def _evaluate_html(args: argparse.Namespace, clf: Any, report: ClassificationRep
     print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
 
 
+class _Progress:
+    """Files done, on stderr: a tqdm bar on a terminal, else a line every ``PROGRESS_EVERY`` files."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.bar = total, 0, None
+        self.lines = enabled and not sys.stderr.isatty() and total >= PROGRESS_EVERY
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc="predict", unit="file", file=sys.stderr, leave=False)
+
+    def update(self, n: int) -> None:
+        before, self.done = self.done, self.done + n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.lines and (self.done // PROGRESS_EVERY > before // PROGRESS_EVERY or self.done == self.total):
+            print(f"predict: {self.done}/{self.total} files", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _line(row: dict[str, Any]) -> str:
+    others = "".join(f"  {name} {p:.4f}" for name, p in row["top_k"][1:])
+    return f"{row['path']}\t{row['class']}\t{row['probability']:.4f}{others}"
+
+
 def predict(args: argparse.Namespace) -> None:
-    """``transferlearn predict RUN_DIR IMAGE... [--top-k K] [--json]``."""
+    """``transferlearn predict RUN_DIR IMAGE... [--top-k K] [--json] [--no-progress]``: results are
+    printed batch by batch as they are computed (``--json``: one JSON list, streamed)."""
     clf = load_classifier(args.run_dir)
-    results = clf.predict(list(args.images), top_k=args.top_k, batch_size=args.batch_size)
-    rows = [{"path": path, **result} for path, result in zip(args.images, results)]
+    images, step = list(args.images), args.batch_size
+    progress = _Progress(len(images), not args.no_progress)
+    try:
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            rows = [{"path": p, **r} for p, r in zip(chunk, clf.predict(chunk, top_k=args.top_k, batch_size=step))]
+            if args.json:
+                text = ", ".join(json.dumps(r, allow_nan=False) for r in rows)
+                print(("[" if start == 0 else ", ") + text, end="")
+            else:
+                print("\n".join(map(_line, rows)))
+            sys.stdout.flush()
+            progress.update(len(chunk))
+    finally:
+        progress.close()
     if args.json:
-        print(json.dumps(rows, allow_nan=False))
-        return
-    for row in rows:
-        others = "".join(f"  {name} {p:.4f}" for name, p in row["top_k"][1:])
-        print(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}{others}")
+        print("[]" if not images else "]", flush=True)
 
 
 def _overlay_names(images: list[str]) -> list[str]:
@@ -206,8 +262,12 @@ def explain(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    """``transferlearn export RUN_DIR --onnx FILE``."""
-    path = export_onnx(load_classifier(args.run_dir), args.onnx)
+    """``transferlearn export RUN_DIR --onnx FILE [--force]``."""
+    clf = load_classifier(args.run_dir)
+    try:
+        path = export_onnx(clf, args.onnx, overwrite=args.force)
+    except FileExistsError:
+        raise FileExistsError(f"--onnx {args.onnx!r} exists; pass --force to replace it") from None
     print(f"wrote {path}")
 
 

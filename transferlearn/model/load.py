@@ -17,10 +17,24 @@ from torchvision import models as tvm
 
 from ..base import as_weights, atomic_write, check_int, describe
 from .heads import replace_head
+from .rebuild import check_classification
 
-__all__ = ["load_model", "install_weights", "checkpoint_path"]
+__all__ = ["MissingWeightsError", "checkpoint_path", "install_weights", "load_model"]
 
 _HASH = re.compile(r"-([a-f0-9]+)\.")
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights are not in the local cache (and ``download`` is False).
+
+    Attributes:
+        weights: the torchvision weights' full name (``"MobileNet_V2_Weights.IMAGENET1K_V1"``),
+            or ``"timm/<name>"``.
+        expected: where the checkpoint was looked for (None for timm).
+    """
+
+    def __init__(self, message: str, weights: str, expected: Path | None) -> None:
+        super().__init__(message)
+        self.weights, self.expected = weights, expected
 
 
 def _resolve_weights(arch: str, weights: Any) -> tvm.WeightsEnum | None:
@@ -97,9 +111,9 @@ def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) 
         return timm.create_model(name, pretrained=True, **kwargs)
     local = _timm_cached_file(name)
     if local is None:
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"pretrained weights for timm model {name!r} are not in the local Hugging Face cache; "
-            "pass download=True to fetch them")
+            "pass download=True to fetch them", f"timm/{name}", None)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     overlay.update(file=local[0], custom_load=local[1])
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
@@ -116,7 +130,9 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
                download: bool = False, **kwargs: Any) -> nn.Module:
     """Build a torchvision (or timm) model with pretrained weights and, optionally, a new head.
 
-    ``arch`` is a name from ``torchvision.models.list_models()`` or ``"timm/<name>"``. The
+    ``arch`` is an image-classification model of torchvision
+    (``torchvision.models.list_models(module=torchvision.models)``; detection, segmentation,
+    video and quantized models are refused) or ``"timm/<name>"``. The
     weights come from the torch hub cache (``torch.hub.get_dir()/checkpoints``; for timm,
     the local Hugging Face cache); a missing checkpoint raises instead of downloading unless
     ``download=True``. Use ``install_weights`` to put a checkpoint there on an offline
@@ -131,7 +147,7 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     Args:
         arch: model name, e.g. ``"mobilenet_v2"`` or ``"timm/resnet18"``.
         weights: ``"DEFAULT"``, a weights name (``"IMAGENET1K_V1"``), an enum member, or
-            ``None`` for random initialisation.
+            ``None`` for random initialisation (nothing is downloaded or read from disk).
         num_classes: when given, ``replace_head(model, num_classes)`` is applied.
         download: allow torchvision to download a checkpoint that is not in the cache.
         **kwargs: passed on to ``torchvision.models.get_model`` / ``timm.create_model``.
@@ -140,8 +156,10 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
         The model, in eval mode as torchvision builds it.
 
     Raises:
-        TypeError, ValueError: unknown architecture or weights, bad ``num_classes``.
-        FileNotFoundError: the checkpoint is not cached and ``download`` is False.
+        TypeError, ValueError: unknown or non-classification architecture, unknown weights,
+            bad ``num_classes``.
+        MissingWeightsError: (a ``FileNotFoundError``) the checkpoint is not cached and
+            ``download`` is False.
 
     Example:
         >>> model = load_model("mobilenet_v2", weights="IMAGENET1K_V1", num_classes=5)
@@ -154,15 +172,14 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
         model = _load_timm(arch[5:], weights, download, dict(kwargs))
         resolved = weights
     else:
-        if arch not in tvm.list_models():
-            raise ValueError(f"arch={arch!r} is not a torchvision model; see "
-                             "torchvision.models.list_models() or use 'timm/<name>'")
+        check_classification(arch)
         resolved = _resolve_weights(arch, weights)
         if resolved is not None and not download and not checkpoint_path(resolved).is_file():
-            raise FileNotFoundError(
+            raise MissingWeightsError(
                 f"weights {resolved} are not in the torch hub cache (expected "
                 f"{checkpoint_path(resolved)}); put them there with install_weights(file, "
-                f"{type(resolved).__name__}.{resolved.name}) or pass download=True")
+                f"{type(resolved).__name__}.{resolved.name}) or pass download=True",
+                f"{type(resolved).__name__}.{resolved.name}", checkpoint_path(resolved))
         model = tvm.get_model(arch, weights=resolved, **kwargs)
     if num_classes is not None:
         replace_head(model, num_classes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -15,7 +17,7 @@ from ..base import describe
 from ..data.transforms import ImagePreprocess
 from ..model.heads import DropoutHead, find_head, replace_head
 from ..model.load import load_model
-from .format import ClassifierConfig
+from .format import CONFIG_NAME, SIDECARS, ClassifierConfig
 
 __all__: list[str] = []
 
@@ -107,10 +109,18 @@ def dtype_name(model: nn.Module) -> str:
     return _DTYPES[first]
 
 
-def build_model(config: ClassifierConfig, *, device: Any = None) -> nn.Module:
-    """The architecture described by ``config``, randomly initialised (no download), eval mode."""
+def build_model(config: ClassifierConfig, *, device: Any = None, source: str = "model_kwargs") -> nn.Module:
+    """The architecture described by ``config``, randomly initialised (no download), eval mode.
+
+    A builder that refuses the saved keyword arguments (``TypeError``: one it does not take)
+    is reported as a ``ValueError`` naming ``source``.
+    """
     with torch.device(device or "cpu"):
-        model = load_model(config.arch, weights=None, **config.model_kwargs)
+        try:
+            model = load_model(config.arch, weights=None, **config.model_kwargs)
+        except TypeError as error:
+            raise ValueError(f"{source}: field 'model_kwargs' {json.dumps(config.model_kwargs)} does not "
+                             f"build {config.arch!r} ({error})") from None
         replace_head(model, config.num_classes, dropout=config.head["dropout"])
     if find_head(model)[0] != config.head["name"]:
         raise ValueError(f"rebuilding {config.arch!r} puts its head at {find_head(model)[0]!r}, not "
@@ -131,6 +141,17 @@ def check_rebuilds(model: nn.Module, config: ClassifierConfig) -> None:
         raise ValueError(f"load_model({config.arch!r}, **{config.model_kwargs}) does not rebuild this "
                          f"model (first differences in its state_dict: {diff[:4]}); pass the arch and "
                          "model_kwargs it was built with")
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN or inf in any floating tensor, naming the first such tensor."""
+    for key, value in tensors.items():
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(f"{what}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                                 f"{value.numel()}; a classifier with non-finite weights predicts nothing "
+                                 "meaningful")
 
 
 def cpu_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -157,6 +178,54 @@ def json_text(value: Any, name: str) -> str:
     except (TypeError, ValueError):
         raise TypeError(f"{name} must hold JSON values (numbers, strings, lists, dicts), got "
                         f"{describe(value)}") from None
+
+
+def previous_config(path: Path) -> ClassifierConfig | None:
+    """The classifier already saved in ``path``, None if there is none (or it does not parse)."""
+    try:
+        return ClassifierConfig.from_json((path / CONFIG_NAME).read_text(), str(path / CONFIG_NAME))
+    except (OSError, ValueError):
+        return None
+
+
+def check_sidecars(path: Path, previous: ClassifierConfig | None, writing: Sequence[str]) -> list[str]:
+    """The history/metrics files of ``path`` that the previous classifier wrote and this save does
+    not replace (to be removed once it is saved); refuse any such file of unknown origin."""
+    stale = []
+    for name in SIDECARS:
+        if name in writing or not (path / name).exists():
+            continue
+        if previous is not None and previous.files is not None and name in previous.files:
+            stale.append(name)
+            continue
+        owner = ("beside a classifier saved without a list of its files (transferlearn 0.1)"
+                 if previous is not None and previous.files is None else "that no classifier saved here wrote")
+        raise ValueError(f"directory={str(path)!r} holds a {name} {owner}; saving without "
+                         f"{name.split('.')[0]}= would leave it beside the new classifier as if it were its own. "
+                         f"Pass {name.split('.')[0]}=, or move {name} away first")
+    return stale
+
+
+def remove_previous(path: Path, previous: ClassifierConfig | None, config: ClassifierConfig,
+                    stale: Sequence[str]) -> None:
+    """Delete the previous classifier's files that the new one does not use: its weights file only if
+    it still holds the bytes it recorded (this library wrote it), and its stale history/metrics."""
+    if previous is not None and previous.weights_file != config.weights_file:
+        old = path / previous.weights_file
+        with contextlib.suppress(OSError):
+            if old.is_file() and not old.is_symlink() and _sha256(old) == previous.sha256:
+                old.unlink()
+    for name in stale:
+        with contextlib.suppress(OSError):
+            (path / name).unlink()
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def as_directory(directory: Any) -> Path:

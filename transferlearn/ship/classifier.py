@@ -9,24 +9,25 @@ file of weights. Nothing is pickled: loading rebuilds the architecture with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from ..base import atomic_write, check_int, check_module, describe, run_device
-from ..data.images import load_image
 from ..data.transforms import ImagePreprocess, imagenet_transform
 from ..train.evaluation import predict
 from ..train.runtime import memory_layout, use_channels_last
+from . import _inputs as inputs
 from . import _parts as parts
+from . import _reading as reading
+from .claim import claimed
 from .format import CONFIG_NAME, FORMAT, ClassifierConfig
 
 __all__ = ["Classifier", "ClassifierConfig", "load_classifier", "save_classifier"]
@@ -41,7 +42,10 @@ def save_classifier(model: nn.Module, directory: str | os.PathLike, *, classes: 
     Files: ``classifier.json`` (a ``ClassifierConfig``), ``model-<sha>.safetensors`` (the
     state dict), and ``history.json`` / ``metrics.json`` when given. Each file is written
     atomically and ``classifier.json`` last, naming the weights file by its hash, so a crash
-    at any point leaves the previous classifier (or none) loadable, never a mix.
+    at any point leaves the previous classifier (or none) loadable, never a mix. The
+    directory is claimed for the write (``claim.claimed``: a second writer is refused, a
+    killed save stays marked). Saving again into it deletes only the previous classifier's
+    own weights file and its history/metrics that this save does not replace.
 
     Args:
         model: the trained network (DataParallel/DDP/compiled wrappers are unwrapped).
@@ -63,7 +67,11 @@ def save_classifier(model: nn.Module, directory: str | os.PathLike, *, classes: 
     Raises:
         TypeError: wrong argument types.
         ValueError: classes not unique or not matching the head, unknown ``arch``, a model
-            that ``load_model(arch, **model_kwargs)`` would not rebuild, ``directory`` is a file.
+            that ``load_model(arch, **model_kwargs)`` would not rebuild, non-structural
+            ``model_kwargs``, a transform size above 4096, NaN or inf weights, a
+            ``history.json`` / ``metrics.json`` of unknown origin left in ``directory`` that
+            this save would not replace, ``directory`` is a file.
+        ClaimedError: another process is writing ``directory`` (a ``FileExistsError``).
 
     Example:
         >>> save_classifier(model, "runs/pets", classes=data.classes,
@@ -80,52 +88,26 @@ def save_classifier(model: nn.Module, directory: str | os.PathLike, *, classes: 
         weights_file="model-000000000000.safetensors", sha256="0" * 64, dtype=parts.dtype_name(model),
         versions={"transferlearn": parts.library_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__})
+    ClassifierConfig.from_dict(json.loads(config.to_json()), "the classifier to save")  # what load reads
     parts.check_rebuilds(model, config)
-    extras = {n: parts.json_text(v, n) for n, v in (("history", history), ("metrics", metrics)) if v is not None}
+    extras = {f"{n}.json": parts.json_text(v, n) for n, v in (("history", history), ("metrics", metrics))
+              if v is not None}
+    tensors = parts.cpu_tensors(model)
+    parts.check_finite(tensors, "save_classifier refuses the model")
     from safetensors.torch import save as to_bytes
-    blob = to_bytes(parts.cpu_tensors(model), metadata={"format": "pt"})
+    blob = to_bytes(tensors, metadata={"format": "pt"})
     digest = hashlib.sha256(blob).hexdigest()
-    config = replace(config, weights_file=f"model-{digest[:12]}.safetensors", sha256=digest)
-    for name, text in extras.items():
-        atomic_write(path / f"{name}.json", lambda f, t=text: f.write(t.encode()))
-    atomic_write(path / config.weights_file, lambda f: f.write(blob))
-    atomic_write(path / CONFIG_NAME, lambda f: f.write(config.to_json().encode()))
-    for stale in path.glob("model-*.safetensors"):
-        if stale.name != config.weights_file:
-            stale.unlink()
+    config = replace(config, weights_file=f"model-{digest[:12]}.safetensors", sha256=digest,
+                     files=(f"model-{digest[:12]}.safetensors", *sorted(extras)))
+    previous = parts.previous_config(path) if path.is_dir() else None
+    stale = parts.check_sidecars(path, previous, list(extras)) if path.is_dir() else []
+    with claimed(path, "save_classifier", take_over=True):
+        for name, text in extras.items():
+            atomic_write(path / name, lambda f, t=text: f.write(t.encode()))
+        atomic_write(path / config.weights_file, lambda f: f.write(blob))
+        atomic_write(path / CONFIG_NAME, lambda f: f.write(config.to_json().encode()))
+        parts.remove_previous(path, previous, config, stale)
     return path
-
-
-def _one_item(item: Any, where: str) -> Any:
-    """Check one image: a path, a PIL image, or an unnormalised tensor / array."""
-    if isinstance(item, (str, os.PathLike)):
-        return Path(item)
-    if isinstance(item, Image.Image):
-        return item
-    if isinstance(item, np.ndarray):
-        item = torch.from_numpy(np.array(item))  # a copy: arrays may be read-only
-        if item.ndim == 3 and item.shape[-1] in (1, 3) and item.shape[0] not in (1, 3):
-            item = item.permute(2, 0, 1)
-    if not isinstance(item, torch.Tensor):
-        raise TypeError(f"{where} must be a file path, a PIL image or an image tensor, got {describe(item)}")
-    if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[0] not in (1, 3)):
-        raise ValueError(f"{where} must be an image tensor shaped (C, H, W) with C in (1, 3), got shape "
-                         f"{tuple(item.shape)}")
-    if item.dtype != torch.uint8 and not item.is_floating_point():
-        raise TypeError(f"{where} must be a uint8 or float tensor, got dtype {item.dtype}")
-    if item.is_floating_point() and item.numel() and not bool(((item >= 0) & (item <= 1)).all()):
-        raise ValueError(f"{where} must hold unnormalised pixels (float in [0, 1] or uint8), got values in "
-                         f"[{float(item.min()):.3g}, {float(item.max()):.3g}]; the classifier normalises "
-                         "images itself, so pass them before Normalize")
-    return item
-
-
-def _items(items: Any) -> list[Any]:
-    if isinstance(items, torch.Tensor) and items.ndim == 4:
-        return [_one_item(x, f"items[{i}]") for i, x in enumerate(items)]
-    if isinstance(items, (list, tuple)):
-        return [_one_item(x, f"items[{i}]") for i, x in enumerate(items)]
-    return [_one_item(items, "items")]
 
 
 class Classifier:
@@ -136,10 +118,12 @@ class Classifier:
         classes: class names, index ``i`` is output ``i``.
         transform: the evaluation ``ImagePreprocess`` applied to every image.
         config: the ``ClassifierConfig`` read from ``classifier.json`` (None if built by hand).
+        directory: the directory it was loaded from (None if built by hand); ``export_onnx``
+            never writes over its files.
     """
 
     def __init__(self, model: nn.Module, classes: Sequence[str], transform: ImagePreprocess, *,
-                 config: ClassifierConfig | None = None) -> None:
+                 config: ClassifierConfig | None = None, directory: str | os.PathLike | None = None) -> None:
         check_module("model", model)
         self.classes = parts.check_classes(classes)
         params = parts.transform_params(transform)
@@ -147,12 +131,13 @@ class Classifier:
             size=params["size"], resize=params["resize"], mean=params["mean"], std=params["std"],
             interpolation=transform.interpolation)
         self.model, self.config = model.eval(), config
+        self.directory = None if directory is None else Path(directory)
 
     def __repr__(self) -> str:
         arch = self.config.arch if self.config else type(self.model).__name__
         return f"Classifier({arch}, {len(self.classes)} classes, {self.transform!r})"
 
-    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = True) -> torch.Tensor:
+    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = False) -> torch.Tensor:
         """Class probabilities, shape ``(N, num_classes)``, for the images in ``items``.
 
         Args:
@@ -161,7 +146,9 @@ class Classifier:
             draft: see ``predict``.
 
         Returns:
-            A float tensor on the CPU; row ``i`` belongs to the ``i``-th image.
+            A float32 tensor on the CPU; row ``i`` belongs to the ``i``-th image. The model
+            runs in its own dtype (a float16, bfloat16 or float64 classifier gets its inputs
+            in that dtype).
 
         Raises:
             TypeError, ValueError: as ``predict``.
@@ -173,16 +160,15 @@ class Classifier:
         check_int("batch_size", batch_size, minimum=1)
         if not isinstance(draft, bool):
             raise TypeError(f"draft must be True or False, got {describe(draft)}")
-        side = self.transform.resize
-        images = _items(items)
+        images = inputs.items(items)
         rows = [torch.empty(0, len(self.classes))]
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         fast = use_channels_last("auto", run_device(self.model), self.model)  # as the Trainer runs it
         with memory_layout(self.model, fast):
             for start in range(0, len(images), batch_size):
-                batch = torch.stack([self.transform(load_image(x, draft=(side, side) if draft else None)
-                                                    if isinstance(x, Path) else x)
-                                     for x in images[start:start + batch_size]])
-                rows.append(predict(self.model, batch, batch_size=batch_size))
+                batch = torch.stack([inputs.prepared(x, where, self.transform, draft)
+                                     for x, where in images[start:start + batch_size]])
+                rows.append(predict(self.model, batch.to(dtype), batch_size=batch_size).float())
         return torch.cat(rows)
 
     def explain(self, items: Any, *, target: Any = None, draft: bool = False,
@@ -216,7 +202,7 @@ class Classifier:
         return explain_images(self, _items(items), target=target, draft=draft, method=method)
 
     def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
-                draft: bool = True) -> list[dict[str, Any]]:
+                draft: bool = False) -> list[dict[str, Any]]:
         """Classify one or many images.
 
         Args:
@@ -225,9 +211,11 @@ class Classifier:
                 float in [0, 1]; ``(C, H, W)``, an ``(N, C, H, W)`` batch is N images).
             top_k: how many of the most probable classes to list, 1 to ``len(classes)``.
             batch_size: images transformed and run together.
-            draft: decode JPEG files at the smallest power-of-two reduction still at least
-                the transform's ``resize`` (as ``load_image_folder`` does by default, so a file
-                is seen exactly as in training); False decodes at full size.
+            draft: False (default): decode files at full size, the pixels any other reader
+                (``load_image``, the ONNX recipe in docs/shipping.md) sees. True: decode JPEGs
+                at the smallest power-of-two reduction still at least the transform's
+                ``resize`` (as ``load_image_folder`` does by default for training), faster
+                on large photos; the pixels then differ slightly (docs/shipping.md).
 
         Returns:
             One dict per image, in order: ``{"class": name, "probability": p,
@@ -236,7 +224,8 @@ class Classifier:
         Raises:
             TypeError: an item of another type, a tensor of another dtype.
             ValueError: ``top_k`` out of range, a tensor of the wrong shape or with values
-                outside [0, 1], or an unreadable image file (the error names the path).
+                outside [0, 1], an unreadable image file (the error names the path), or an
+                image whose resize would exceed ``PIL.Image.MAX_IMAGE_PIXELS``.
 
         Example:
             >>> clf = load_classifier("runs/pets")
@@ -251,32 +240,6 @@ class Classifier:
             pairs = [[self.classes[i], p] for p, i in zip(row_values, row_indices)]
             out.append({"class": pairs[0][0], "probability": pairs[0][1], "top_k": pairs})
         return out
-
-
-def _read_weights(path: Path, config: ClassifierConfig) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load as from_bytes
-
-    file = path / config.weights_file
-    if not file.is_file():
-        raise ValueError(f"{path / CONFIG_NAME} names the weights file {config.weights_file!r}, which "
-                         "is missing; the classifier directory is incomplete")
-    blob = file.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != config.sha256:
-        raise ValueError(f"{file} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is "
-                         "damaged or was replaced")
-    return from_bytes(blob)
-
-
-def _check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Same names and shapes as the rebuilt model, or a ValueError naming the first differences."""
-    want = model.state_dict()
-    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
-    if missing or unexpected:
-        raise ValueError(f"{what}: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    shapes = [f"{k} is {tuple(tensors[k].shape)} in the file, {tuple(v.shape)} in the model"
-              for k, v in want.items() if tensors[k].shape != v.shape]
-    if shapes:
-        raise ValueError(f"{what}: {'; '.join(shapes[:2])}")
 
 
 def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Classifier:
@@ -296,8 +259,10 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
     Raises:
         TypeError: ``directory`` is not a path.
         FileNotFoundError: ``directory`` does not exist.
-        ValueError: it is not a saved classifier (no ``classifier.json``), a field is missing,
-            of the wrong type or of an unknown format version, or the weights do not fit.
+        ValueError: it is not a saved classifier (no ``classifier.json``; the message says
+            when it is being written or was left by an interrupted save), a field is missing,
+            of the wrong type, out of bounds or of an unknown format version, a binary file,
+            or the weights do not fit or are not finite.
 
     Example:
         >>> clf = load_classifier("runs/pets")
@@ -308,14 +273,22 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
     if not path.exists():
         raise FileNotFoundError(f"directory={str(directory)!r} does not exist")
     if not (path / CONFIG_NAME).is_file():
-        raise ValueError(f"{str(directory)!r} is not a saved classifier: it has no {CONFIG_NAME} "
-                         "(save_classifier or 'transferlearn fit' writes one)")
-    config = ClassifierConfig.from_json((path / CONFIG_NAME).read_text(), str(path / CONFIG_NAME))
-    tensors = _read_weights(path, config)
-    model = parts.build_model(config)
-    _check_fits(model, tensors, f"{path / config.weights_file} does not fit {config.arch!r}")
+        raise reading.not_a_classifier(path, directory)
+    config = reading.read_config(path)
+    tensors = reading.read_weights(path, config)
+    source = str(path / CONFIG_NAME)
+    try:            # names and shapes first, on the meta device: nothing allocated for a bad file
+        skeleton = parts.build_model(config, device="meta", source=source)
+    except NotImplementedError:
+        skeleton = None
+    what = f"{path / config.weights_file} does not fit {config.arch!r}"
+    if skeleton is not None:
+        reading.check_fits(skeleton, tensors, what)
+    model = parts.build_model(config, source=source)
+    reading.check_fits(model, tensors, what)
     model.load_state_dict(tensors, strict=True)
     transform = imagenet_transform(
         size=config.transform["size"], resize=config.transform["resize"], mean=config.transform["mean"],
         std=config.transform["std"], interpolation=InterpolationMode(config.transform["interpolation"]))
-    return Classifier(model.to(device or "cpu").eval(), config.classes, transform, config=config)
+    return Classifier(model.to(device or "cpu").eval(), config.classes, transform, config=config,
+                      directory=path)

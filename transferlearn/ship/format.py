@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Callable
+
+from ..model.rebuild import check_structural_kwargs
 
 __all__: list[str] = []
 
 FORMAT = 1
 CONFIG_NAME = "classifier.json"
+SIDECARS = ("history.json", "metrics.json")
+MAX_SIDE = 4096               # the largest transform size / resize a classifier may ask for
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 _WEIGHTS_FILE = re.compile(r"model-[0-9a-f]{12}\.safetensors")
@@ -41,6 +45,9 @@ class ClassifierConfig:
         sha256: SHA-256 of that file.
         dtype: floating-point type of the parameters.
         versions: transferlearn, torch and torchvision versions that wrote it.
+        files: the files this save wrote (the weights file, and ``history.json`` /
+            ``metrics.json`` when given); optional (None in files saved by 0.1), so a later
+            save into the same directory knows exactly which files were its predecessor's.
     """
 
     format: int
@@ -55,11 +62,16 @@ class ClassifierConfig:
     sha256: str
     dtype: str
     versions: dict[str, str]
+    files: tuple[str, ...] | None = None
 
     def to_json(self) -> str:
         """Strict JSON text (no NaN), keys in field order."""
         data = asdict(self)
         data["classes"] = list(self.classes)
+        if self.files is None:
+            del data["files"]
+        else:
+            data["files"] = list(self.files)
         return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
     @classmethod
@@ -81,12 +93,22 @@ class ClassifierConfig:
             raise ValueError(f"{source}: format {data['format']} is not one this version of "
                              f"transferlearn reads (it reads format {FORMAT}); upgrade transferlearn")
         for field in fields(cls):
-            _check_field(data, field.name, source)
+            if field.default is MISSING or field.name in data:
+                _check_field(data, field.name, source)
         if len(data["classes"]) != data["num_classes"]:
             raise ValueError(f"{source}: field 'classes' has {len(data['classes'])} names but "
                              f"'num_classes' is {data['num_classes']}")
-        values = {f.name: data[f.name] for f in fields(cls)}
+        _check_transform(data["transform"], source)
+        check_structural_kwargs(data["arch"], data["model_kwargs"], f"{source}: field 'model_kwargs")
+        files = data.get("files")
+        if files is not None and (data["weights_file"] not in files
+                                  or set(files) - {data["weights_file"], *SIDECARS}):
+            raise ValueError(f"{source}: field 'files' must list the weights file {data['weights_file']!r} "
+                             f"and nothing but {list(SIDECARS)} besides, got {json.dumps(files)}")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["classes"] = tuple(values["classes"])
+        if files is not None:
+            values["files"] = tuple(files)
         return cls(**values)
 
 
@@ -103,6 +125,18 @@ def _transform_ok(value: Any) -> bool:
             and all(isinstance(value.get(k), list) and len(value[k]) == 3 and all(map(_is_number, value[k]))
                     for k in ("mean", "std"))
             and all(s > 0 for s in value["std"]) and value.get("interpolation") in INTERPOLATIONS)
+
+
+def _check_transform(value: dict[str, Any], source: str) -> None:
+    """Sizes a machine can afford: an image is resized to ``resize`` (and cropped to ``size``)."""
+    for key in ("size", "resize"):
+        if value[key] > MAX_SIDE:
+            raise ValueError(f"{source}: field 'transform.{key}' must be an int in [1, {MAX_SIDE}], got "
+                             f"{value[key]}")
+
+
+def _files_ok(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value) and len(set(value)) == len(value)
 
 
 def _head_ok(value: Any) -> bool:
@@ -133,6 +167,7 @@ _SPEC: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dtype": (lambda v: v in DTYPES, f"one of {list(DTYPES)}"),
     "versions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
                  "an object of version strings"),
+    "files": (_files_ok, "a list of unique file names"),
 }
 
 

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..base import atomic_write, check_int, describe
+from ..base import atomic_write, check_bool, check_int, describe
 from .classifier import Classifier
+from .format import CONFIG_NAME, SIDECARS
 
 __all__ = ["export_onnx"]
 
@@ -73,25 +74,49 @@ def _export_bytes(module: nn.Module, example: torch.Tensor, opset: int | None) -
     return onnx.load_from_string(buffer.getvalue())
 
 
-def export_onnx(classifier: Classifier, path: str | os.PathLike, *, opset_version: int | None = None) -> Path:
+def _check_target(classifier: Classifier, path: Path, overwrite: bool) -> None:
+    """Refuse a directory, an existing file (unless ``overwrite``) and any file of the classifier itself."""
+    if path.is_dir():
+        raise IsADirectoryError(f"path={str(path)!r} is a directory; give the .onnx file to write")
+    if classifier.directory is not None:
+        config = classifier.config
+        own = [CONFIG_NAME, *SIDECARS] + ([config.weights_file] if config is not None else [])
+        for name in own:
+            mine = classifier.directory / name
+            same = path.exists() and mine.exists() and os.path.samefile(path, mine)
+            if same or path.resolve() == mine.resolve():
+                raise ValueError(f"path={str(path)!r} is the {name} of the classifier being exported "
+                                 f"({classifier.directory}); write the ONNX file elsewhere")
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"path={str(path)!r} exists; pass overwrite=True to replace it")
+
+
+def export_onnx(classifier: Classifier, path: str | os.PathLike, *, opset_version: int | None = None,
+                overwrite: bool = False) -> Path:
     """Write ``classifier`` as an ONNX file with a dynamic batch dimension.
 
     Input ``"input"``: float32 ``(batch, 3, size, size)``, preprocessed as
     ``classifier.transform`` does (the file's metadata ``"preprocessing"`` says how). Output
     ``"probabilities"``: ``(batch, num_classes)``, softmax included; metadata ``"classes"``
     (a JSON list) names the columns. The model is exported from a float32 CPU copy in eval
-    mode; the classifier itself is not changed. The file is written atomically.
+    mode; the classifier itself is not changed. The file is written atomically and never
+    over an existing file unless ``overwrite=True``, and never over a file of the classifier
+    itself (its ``classifier.json``, weights, history or metrics), whatever ``overwrite`` says.
 
     Args:
         classifier: a ``Classifier`` (from ``load_classifier``, or built by hand).
         path: the ``.onnx`` file to write.
         opset_version: ONNX opset (default: the exporter's).
+        overwrite: replace an existing file at ``path``.
 
     Returns:
         The path written.
 
     Raises:
         TypeError: ``classifier`` is not a ``Classifier``, ``path`` not a path.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        IsADirectoryError: ``path`` is a directory.
+        ValueError: ``path`` is one of the classifier's own files.
         ImportError: ``onnx`` / ``onnxscript`` are not installed (``pip install 'transferlearn[onnx]'``).
 
     Example:
@@ -106,6 +131,8 @@ def export_onnx(classifier: Classifier, path: str | os.PathLike, *, opset_versio
         raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
     if opset_version is not None:
         check_int("opset_version", opset_version, minimum=7)
+    check_bool("overwrite", overwrite)
+    _check_target(classifier, Path(path), overwrite)
     try:
         import onnx
     except ImportError:
@@ -117,4 +144,5 @@ def export_onnx(classifier: Classifier, path: str | os.PathLike, *, opset_versio
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    return atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    _check_target(classifier, Path(path), overwrite)        # again: the export took a while
+    return atomic_write(path, lambda f: f.write(proto.SerializeToString()), overwrite=overwrite)

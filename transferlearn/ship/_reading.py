@@ -1,0 +1,76 @@
+"""Reading a saved classifier: its ``classifier.json`` and weights, checked before anything is built."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._parts import check_finite
+from .claim import read_claim
+from .format import CONFIG_NAME, ClassifierConfig
+
+__all__: list[str] = []
+
+_MAX_CONFIG_BYTES = 16 << 20
+
+
+def read_weights(path: Path, config: ClassifierConfig) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as from_bytes
+
+    file = path / config.weights_file
+    if not file.is_file():
+        raise ValueError(f"{path / CONFIG_NAME} names the weights file {config.weights_file!r}, which "
+                         "is missing; the classifier directory is incomplete")
+    blob = file.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != config.sha256:
+        raise ValueError(f"{file} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is "
+                         "damaged or was replaced")
+    try:
+        tensors = from_bytes(blob)
+    except Exception as error:  # safetensors' own error type: not a safetensors file
+        raise ValueError(f"{file} is not a readable safetensors file ({error})") from None
+    check_finite(tensors, f"{file} is refused")
+    return tensors
+
+
+def read_config(path: Path) -> ClassifierConfig:
+    """``classifier.json`` parsed and checked; a binary or oversized file is named as such."""
+    file = path / CONFIG_NAME
+    if file.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{file} is {file.stat().st_size} bytes; a classifier.json is at most "
+                         f"{_MAX_CONFIG_BYTES} bytes (class names and a few numbers)")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file} is not a UTF-8 text (JSON) file: byte {error.start} is "
+                         f"{error.object[error.start:error.start + 1]!r}") from None
+    return ClassifierConfig.from_json(text, str(file))
+
+
+def not_a_classifier(path: Path, directory: Any) -> ValueError:
+    """Why ``path`` has no ``classifier.json``: never saved, being written, or an interrupted save."""
+    claim = read_claim(path)
+    if claim is None:
+        return ValueError(f"{str(directory)!r} is not a saved classifier: it has no {CONFIG_NAME} "
+                          "(save_classifier or 'transferlearn fit' writes one)")
+    if claim.running:
+        return ValueError(f"{str(directory)!r} is not a saved classifier yet: it is being written by "
+                          f"{claim.describe()}; wait for it to finish")
+    return ValueError(f"{str(directory)!r} holds an interrupted save ({claim.describe()}, no longer "
+                      f"running) and no {CONFIG_NAME}; rerun the save (transferlearn fit ... --force)")
+
+
+def check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Same names and shapes as the rebuilt model, or a ValueError naming the first differences."""
+    want = model.state_dict()
+    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{what}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    shapes = [f"{k} is {tuple(tensors[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in want.items() if tensors[k].shape != v.shape]
+    if shapes:
+        raise ValueError(f"{what}: {'; '.join(shapes[:2])}")
