@@ -199,7 +199,8 @@ class Classifier:
         """
         from .explain import explain_images
 
-        return explain_images(self, _items(items), target=target, draft=draft, method=method)
+        return explain_images(self, [item for item, _ in inputs.items(items)], target=target, draft=draft,
+                              method=method)
 
     def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
                 draft: bool = False) -> list[dict[str, Any]]:
