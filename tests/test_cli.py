@@ -288,3 +288,24 @@ def test_fit_with_the_same_seed_twice_gives_bitwise_the_same_weights(photos, tmp
     histories = [json.loads((run / "history.json").read_text()) for run in runs[:2]]
     assert [[r["phase"] for r in h] for h in histories] == [["warmup", "finetune"]] * 2
     assert [r["train_loss"] for r in histories[0]] == [r["train_loss"] for r in histories[1]]
+
+
+def test_a_timm_model_gets_its_own_preprocessing_in_the_run_and_the_saved_classifier(photos, tmp_path, capsys):
+    """issue 14: the CLI fell back to ImageNet statistics and 256/224 resizing for any timm model.
+    timm's test_convnext.r160_in1k declares mean/std 0.5, crop_pct 0.95 and bicubic."""
+    timm = pytest.importorskip("timm")
+    from timm.data import resolve_data_config
+
+    import transferlearn as tl
+    out = tmp_path / "run"
+    args = ["fit", str(photos / "data"), "--out", str(out), "--weights", "none", "--arch",
+            "timm/test_convnext.r160_in1k", "--epochs", "2", "--strategy", "fine_tune_all", "--image-size", "32",
+            "--batch-size", "8", "--workers", "0"]
+    assert main(args) == 0, capsys.readouterr().err
+    saved = json.loads((out / "classifier.json").read_text())["transform"]
+    config = resolve_data_config({}, model=timm.create_model("test_convnext.r160_in1k", pretrained=False))
+    assert saved["mean"] == pytest.approx(list(config["mean"])) and saved["mean"] == pytest.approx([0.5] * 3)
+    assert saved["std"] == pytest.approx(list(config["std"]))
+    assert saved["interpolation"] == config["interpolation"] == "bicubic"
+    assert (saved["size"], saved["resize"]) == (32, int(32 / config["crop_pct"]))    # timm's crop, at 32 px
+    assert tl.load_classifier(out).transform.mean == saved["mean"]

@@ -23,25 +23,19 @@ from ..ship.onnx_export import export_onnx
 from ..ship.report import ClassificationReport, classification_report
 from ..train.history import History, plot_history
 from ..train.runtime import seed_everything
-from ..train.strategy import Strategy, recommend_strategy
+from ..train.strategy import Strategy, recommend_strategy, row_strategy
 from ..train.trainer import Trainer
 
 __all__ = ["PROGRESS_EVERY", "STRATEGIES", "evaluate", "explain", "export", "fit", "install", "predict", "recommend"]
 
 STRATEGIES = ("auto", "feature_extraction", "fine_tune_last", "fine_tune_all")
-# The class sizes of each similar-domain row of the decision table (strategy.md).
-_ROWS = {"feature_extraction": (1, 29), "fine_tune_last": (1_001, 10_000), "fine_tune_all": (10_001, None)}
 PROGRESS_EVERY = 500          # predict's progress, when stderr is not a terminal: a line per this many files
 
 
 def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
     """The table's row for the smallest class (a named strategy: the data size brought into
     that row's range, so settings that follow the size still do), epochs split across phases."""
-    low, high = _ROWS.get(name, (1, None))
-    size = max(low, smallest_class if high is None else min(high, smallest_class))
-    strategy = recommend_strategy(size)
-    if name != "auto" and strategy.kind != name:
-        raise RuntimeError(f"the decision table no longer gives {name!r} for {size} images per class")
+    strategy = recommend_strategy(smallest_class) if name == "auto" else row_strategy(name, smallest_class)
     if epochs is None:
         return strategy
     warm, fine = strategy.warmup_epochs, strategy.finetune_epochs
@@ -92,14 +86,11 @@ def _fit(args: argparse.Namespace, out: Path) -> None:
     seed_everything(check_seed("--seed", args.seed))   # before any weight is drawn: the new head, or weights none
     weights = None if args.weights.lower() == "none" else args.weights
     model = load_model(args.arch, weights=weights)           # unknown arch or missing weights: before any scan
-    recorded = model.transferlearn_weights
-    preset = recorded if recorded and "." in recorded else None
-    data = load_image_folder(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, weights=preset,
+    # the model's own preprocessing (its anatomy's data config: timm's pretrained_cfg, the torchvision
+    # weights' transforms, else ImageNet's), at --image-size when given
+    data = load_image_folder(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, model=model,
                              size=args.image_size)
     strategy = _strategy(args.strategy, min(data.counts["train"].values()), args.epochs)
-    if strategy.augment:
-        data = load_image_folder(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, weights=preset,
-                                 size=args.image_size, augment=True)
     replace_head(model, len(data.classes))
     train_loader, val_loader = data.loaders(args.batch_size, num_workers=args.workers)
     print(f"{len(data.classes)} classes, {len(data.train)} training and "

@@ -278,13 +278,12 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
                             "interpolation": InterpolationMode.BILINEAR}
     if weights is not None and model is not None:
         raise ValueError("pass weights= or model=, not both: each gives the whole preprocessing")
-    if weights is not None:
-        meta.update(_config_meta(weights_config(weights), False))
-    if model is not None:
-        meta.update(_config_meta(_model_config(model), size is not None, None not in (size, resize)))
-    if size is not None and resize is None:   # keep the preset's resize/crop ratio (256/224)
+    config = weights_config(weights) if weights is not None else _model_config(model) if model is not None else None
+    if config is not None:
+        meta.update(_config_meta(config, model is not None and size is not None, None not in (size, resize)))
+    if size is not None and resize is None:   # the config's rule for another crop (256/224 by default)
         check_int("size", size, minimum=1)
-        resize = max(1, math.floor(size * meta["resize"] / meta["size"] + 0.5))
+        resize = config.resize_for(size) if config is not None else max(1, math.floor(size * 256 / 224 + 0.5))
     given = {"size": size, "resize": resize, "mean": mean, "std": std, "interpolation": interpolation}
     meta.update({k: v for k, v in given.items() if v is not None})
     if not isinstance(meta["interpolation"], InterpolationMode):

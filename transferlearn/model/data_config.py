@@ -54,6 +54,14 @@ class DataConfig:
                              "imagenet_transform makes square crops only: pass size= explicitly")
         return height
 
+    def resize_for(self, size: int) -> int:
+        """The shorter side before a ``size`` centre crop: timm's own rule for a timm config
+        (``floor(size / crop_pct)``, as ``timm.data.create_transform`` does), else the preset's
+        ratio, rounded (torchvision's 256/224 at 64 px: 73)."""
+        if self.source.startswith("timm:"):
+            return max(1, math.floor(size / self.crop_pct))
+        return max(1, math.floor(size * self.resize / self.size + 0.5))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (lists for tuples)."""
         out = asdict(self)

@@ -15,7 +15,8 @@ from torch import nn
 
 from ..base import describe
 from ..data.transforms import ImagePreprocess
-from ..model.heads import DropoutHead, find_head, replace_head
+from ..model.anatomy import anatomy
+from ..model.heads import DropoutHead, replace_head
 from ..model.load import load_model
 from .format import CONFIG_NAME, SIDECARS, ClassifierConfig
 
@@ -57,7 +58,8 @@ def transform_params(transform: Any) -> dict[str, Any]:
 
 def head_structure(model: nn.Module, num_classes: int) -> dict[str, Any]:
     """Name and structure of the head; its width must match ``num_classes``."""
-    name, module = find_head(model)
+    name = anatomy(model).head
+    module = model.get_submodule(name)
     dropout = None
     if isinstance(module, DropoutHead) and len(module) == 2 and isinstance(module[0], nn.Dropout):
         dropout, module = float(module[0].p), module[1]
@@ -122,8 +124,9 @@ def build_model(config: ClassifierConfig, *, device: Any = None, source: str = "
             raise ValueError(f"{source}: field 'model_kwargs' {json.dumps(config.model_kwargs)} does not "
                              f"build {config.arch!r} ({error})") from None
         replace_head(model, config.num_classes, dropout=config.head["dropout"])
-    if find_head(model)[0] != config.head["name"]:
-        raise ValueError(f"rebuilding {config.arch!r} puts its head at {find_head(model)[0]!r}, not "
+    rebuilt = anatomy(model).head
+    if rebuilt != config.head["name"]:
+        raise ValueError(f"rebuilding {config.arch!r} puts its head at {rebuilt!r}, not "
                          f"{config.head['name']!r} as saved")
     return model.to(getattr(torch, config.dtype)).eval()
 

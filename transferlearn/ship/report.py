@@ -22,6 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from ..base import atomic_write, check_int, describe, eval_mode, run_device
 from ..data.batches import split_batch
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
+from ..model.data_config import data_config
 from .classifier import Classifier
 
 __all__ = ["ClassificationReport", "classification_report"]
@@ -220,8 +221,11 @@ def _setup(model_or_classifier: Any, data: Any, classes: Any) -> tuple[nn.Module
     if classes is not None and (isinstance(classes, str) or len(set(classes)) != len(classes)
                                 or not all(isinstance(c, str) for c in classes)):
         raise ValueError(f"classes must be unique class-name strings, got {describe(classes)}")
-    stats = (transform.mean, transform.std) if isinstance(transform, ImagePreprocess) else (
-        list(IMAGENET_MEAN), list(IMAGENET_STD))
+    if isinstance(transform, ImagePreprocess):
+        stats = (transform.mean, transform.std)
+    else:  # the statistics the model's own weights expect (its anatomy's data config)
+        config = data_config(model)
+        stats = (list(config.mean), list(config.std))
     return model, (tuple(classes) if classes is not None else None), stats
 
 

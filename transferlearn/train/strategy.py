@@ -7,7 +7,7 @@ from typing import Any, Union
 
 from ..base import check_int, describe
 
-__all__ = ["Strategy", "recommend_strategy"]
+__all__ = ["row_strategy", "Strategy", "recommend_strategy"]
 
 BackboneLR = Union[float, tuple[float, float], None]
 
@@ -126,7 +126,29 @@ def recommend_strategy(images_per_class: int, *, similar_domain: bool = True,
     if similar_domain and _SMALL < images_per_class <= _MEDIUM:
         return Strategy("fine_tune_last", 2, 3, 1e-3, 1e-4, 2, True, False, True,
                         f"similar domain, {_SMALL} < {images_per_class} <= {_MEDIUM} images per "
-                        "class: fine-tune the last 2 layer groups")
+                        "class: fine-tune the last 2 stages")
     return Strategy("fine_tune_all", 2, 3, 1e-3, 1e-4, None, True, False, True,
                     f"{domain} domain, {images_per_class} >= {_FEW} images per class: fine-tune all "
                     "layers, backbone at 1e-4 with BatchNorm statistics pinned")
+
+
+def row_strategy(kind: str, images_per_class: int) -> Strategy:
+    """The similar-domain row ``kind`` of the decision table, for the class size nearest to
+    ``images_per_class`` within that row's range (so settings that follow the size still do).
+
+    Args:
+        kind: ``"feature_extraction"``, ``"fine_tune_last"`` or ``"fine_tune_all"``.
+        images_per_class: training images in the smallest class.
+
+    Returns:
+        ``recommend_strategy(n)`` for that ``n``; its ``kind`` is ``kind``.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    rows = {"feature_extraction": (1, _FEW - 1), "fine_tune_last": (_SMALL + 1, _MEDIUM),
+            "fine_tune_all": (_MEDIUM + 1, None)}
+    if kind not in rows:
+        raise ValueError(f"kind must be one of {sorted(rows)}, got {kind!r}")
+    low, high = rows[kind]
+    return recommend_strategy(max(low, images_per_class if high is None else min(high, images_per_class)))
