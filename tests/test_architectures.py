@@ -64,8 +64,10 @@ def check_contract(arch: str) -> None:
     model = build(arch)
     name, old = find_head(model)
     assert name == expected_head(arch)
-    check_stages(model, "vision transformer: stem, encoder layers in 4 groups" if arch.startswith("vit")
-                 else "output stride", 4)
+    rule = "vision transformer: stem, encoder layers in 4 groups" if arch.startswith("vit") else \
+        "output stride and width (block rows)" if arch.startswith(("mobilenet", "efficientnet", "mnasnet")) else \
+        "output stride"
+    check_stages(model, rule, 4)
     width = next(m for m in old.modules() if isinstance(m, (nn.Linear, nn.Conv2d))).weight.shape[1]
     replace_head(model, 7)
     for aux in AUX.get(arch, []):

@@ -29,7 +29,7 @@ class _Default:
     """``fit``'s marker for an argument that was not given (so a strategy's value applies)."""
 
     def __repr__(self) -> str:
-        return "<recipe default>"
+        return "<default>"
 
 
 DEFAULT: Any = _Default()
