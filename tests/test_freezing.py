@@ -79,7 +79,7 @@ def test_unfreeze_all(tiny):
 @pytest.mark.parametrize("call, exc, pattern", [
     (lambda m: unfreeze(m, last=-1), ValueError, r"last must be an int >= 0, got -1"),
     (lambda m: unfreeze(m, last=1.5), TypeError, r"last must be an int >= 0, got 1.5 \(float\)"),
-    (lambda m: freeze_backbone(m, train_bn="yes"), TypeError, r"train_bn must be a bool, got 'yes'"),
+    (lambda m: freeze_backbone(m, train_bn="yes"), TypeError, r"train_bn must be True or False, got 'yes'"),
     (lambda m: freeze_backbone(m, head="missing"), ValueError, r"head='missing' is not a submodule"),
     (lambda m: freeze_backbone([m]), TypeError, r"model must be a torch.nn.Module, got \[TinyNet"),
 ])

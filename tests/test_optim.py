@@ -86,7 +86,7 @@ def test_optimizer_built_before_warmup_leaves_frozen_weights_alone(tiny):
     ({"head_lr": 1e-3, "backbone_lr": (0.0, 1e-5)}, ValueError, r"backbone_lr\[0\] must be a finite number > 0.0"),
     ({"head_lr": 1e-3, "backbone_lr": (1e-5, 1e-4, 1e-3)}, TypeError, r"backbone_lr must be None, a float or a \(low, high\) pair"),
     ({"head_lr": 1e-3, "weight_decay": float("nan")}, ValueError, r"weight_decay must be a finite number >= 0.0, got nan"),
-    ({"head_lr": 1e-3, "trainable_only": 1}, TypeError, r"trainable_only must be a bool, got 1 \(int\)"),
+    ({"head_lr": 1e-3, "trainable_only": 1}, TypeError, r"trainable_only must be True or False, got 1 \(int\)"),
 ])
 def test_errors(tiny, kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):

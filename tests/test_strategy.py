@@ -59,7 +59,7 @@ def test_every_size_gets_a_valid_strategy(n, similar):
     ((0,), {}, ValueError, r"images_per_class must be an int >= 1, got 0"),
     ((-5,), {}, ValueError, r"images_per_class must be an int >= 1, got -5"),
     ((10.5,), {}, TypeError, r"images_per_class must be an int >= 1, got 10.5 \(float\)"),
-    ((10,), {"similar_domain": "no"}, TypeError, r"similar_domain must be a bool, got 'no'"),
+    ((10,), {"similar_domain": "no"}, TypeError, r"similar_domain must be True or False, got 'no'"),
     ((10,), {"total_images": 5}, ValueError, r"total_images must be >= images_per_class, got total_images=5"),
 ])
 def test_errors(args, kwargs, exc, pattern):

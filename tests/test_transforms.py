@@ -156,7 +156,7 @@ def test_output_shape_for_any_size_and_aspect(h, w, size, train, gray):
 
 
 @pytest.mark.parametrize("call, exc, pattern", [
-    (lambda: imagenet_transform("yes"), TypeError, r"train must be a bool, got 'yes' \(str\)"),
+    (lambda: imagenet_transform("yes"), TypeError, r"train must be True or False, got 'yes' \(str\)"),
     (lambda: imagenet_transform(size=0), ValueError, r"size must be an int >= 1, got 0"),
     (lambda: imagenet_transform(resize=2.5), TypeError, r"resize must be an int >= 1, got 2.5"),
     (lambda: imagenet_transform(mean=(0.5, 0.5)), ValueError, r"mean must be 3 finite per-channel numbers, got \(0.5, 0.5\)"),

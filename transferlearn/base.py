@@ -17,7 +17,7 @@ import re
 import secrets
 import socket
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -57,6 +57,28 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {describe(value)}")
     return value
+
+
+def state_differences(reference: Mapping[str, Any], other: Mapping[str, Any]) -> tuple[list[str], list[str],
+                                                                                       list[tuple[str, tuple, tuple]]]:
+    """How ``other`` (a state dict, or names to tensors) differs from ``reference``: the keys it
+    lacks, the keys it has in addition, and ``(key, other's shape, reference's shape)`` where
+    both hold a tensor of different shapes; reference order. The one comparison behind resume
+    checks, classifier loading and the save-time rebuild check."""
+    missing = [k for k in reference if k not in other]
+    unexpected = [k for k in other if k not in reference]
+    shapes = [(k, tuple(other[k].shape), tuple(v.shape)) for k, v in reference.items()
+              if k in other and isinstance(other[k], torch.Tensor) and isinstance(v, torch.Tensor)
+              and other[k].shape != v.shape]
+    return missing, unexpected, shapes
+
+
+def check_path(name: str, value: Any) -> Path:
+    """``value`` as a ``Path``; ``TypeError`` unless it is a ``str`` or ``os.PathLike`` (bytes are
+    refused: a path of bytes is almost always a file's content passed by mistake)."""
+    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {describe(value)}")
+    return Path(value)
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:

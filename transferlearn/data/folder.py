@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..base import check_float, check_int, describe
+from ..base import check_bool, check_float, check_int, check_path, describe
 from .imagefiles import ImageCache, ImageFiles, prepare_file
 from .images import ImageReadError, check_header
 from .scan import RUN_MARKER, Scan, scan_layout
@@ -197,8 +197,7 @@ def _check_options(val_fraction: Any, seed: Any, flags: dict[str, Any], check: A
         raise ValueError(f"val_fraction must be >= 0 and < 1 (some images must train), got {val_fraction!r}")
     check_int("seed", seed)
     for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {describe(value)}")
+        check_bool(name, value)
     if check not in ("decode", "header"):
         raise ValueError(f"check must be 'decode' (full decode) or 'header' (Image.verify), got {describe(check)}")
     if max_imbalance is not None:
@@ -206,9 +205,7 @@ def _check_options(val_fraction: Any, seed: Any, flags: dict[str, Any], check: A
 
 
 def _check_root(root: Any) -> Path:
-    if not isinstance(root, (str, os.PathLike)) or isinstance(root, bytes):
-        raise TypeError(f"root must be a str or os.PathLike, got {describe(root)}")
-    root = Path(root)
+    root = check_path("root", root)
     if not root.exists():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
     if not root.is_dir():

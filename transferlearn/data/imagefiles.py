@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..base import check_int, describe
+from ..base import check_bool, check_int, describe
 from .images import load_image
 from .transforms import ImagePreprocess
 
@@ -139,8 +139,7 @@ class ImageFiles(Dataset):
                             f"got {describe(transform)}")
         if cache is not None and not isinstance(cache, ImageCache):
             raise TypeError(f"cache must be None or an ImageCache, got {describe(cache)}")
-        if not isinstance(draft, bool):
-            raise TypeError(f"draft must be True or False, got {describe(draft)}")
+        check_bool("draft", draft)
         self.classes = [str(c) for c in classes]
         self.samples = [(str(path), int(label)) for path, label in samples]
         bad = [label for _, label in self.samples if not 0 <= label < len(self.classes)]

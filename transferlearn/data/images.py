@@ -18,7 +18,7 @@ from typing import IO, Any, Iterator
 
 from PIL import Image, ImageOps
 
-from ..base import check_int, describe
+from ..base import check_int, check_path, describe
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "integer_top", "load_image"]
 
@@ -55,9 +55,7 @@ class ImageReadError(ValueError):
 
 
 def _check_path(path: Any) -> Path:
-    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
-        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
-    return Path(path)
+    return check_path("path", path)
 
 
 def _check_draft(draft: Any) -> tuple[int, int] | None:

@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from ..base import check_int, describe
+from ..base import check_bool, check_int, describe
 from ..model.anatomy import Anatomy
 from ..model.data_config import DataConfig, data_config, weights_config
 from .images import integer_top
@@ -272,8 +272,7 @@ def imagenet_transform(train: bool = False, *, size: int | None = None, resize: 
         >>> tf(Image.open("cat.png")).shape
         torch.Size([3, 224, 224])
     """
-    if not isinstance(train, bool):
-        raise TypeError(f"train must be a bool, got {describe(train)}")
+    check_bool("train", train)
     meta: dict[str, Any] = {"size": 224, "resize": 256, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                             "interpolation": InterpolationMode.BILINEAR}
     if weights is not None and model is not None:

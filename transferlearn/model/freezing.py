@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..base import check_choice, check_head_name, check_int, check_module, describe
+from ..base import check_bool, check_choice, check_head_name, check_int, check_module
 from .anatomy import Anatomy, model_anatomy
 from .batchnorm import freeze_bn_running_stats, pin_early_bn, unfreeze_bn_running_stats
 from .groups import head_parameters
@@ -53,8 +53,7 @@ def freeze_backbone(model: nn.Module, *, head: str | None = None, train_bn: bool
     """
     check_module("model", model)
     check_head_name(head)
-    if not isinstance(train_bn, bool):
-        raise TypeError(f"train_bn must be a bool, got {describe(train_bn)}")
+    check_bool("train_bn", train_bn)
     trainable = {id(p) for p in head_parameters(model, head=head, anatomy=anatomy)}
     if train_bn:
         trainable |= {id(p) for m in model.modules() if isinstance(m, _BatchNorm)

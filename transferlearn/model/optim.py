@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..base import check_float, check_head_name, check_module, describe
+from ..base import check_bool, check_float, check_head_name, check_module, describe
 from .anatomy import Anatomy, model_anatomy
 from .groups import split_layer_groups
 
@@ -85,8 +85,7 @@ def param_groups(model: nn.Module, *, head_lr: float,
     check_head_name(head)
     head_lr = check_float("head_lr", head_lr, strict=True)
     weight_decay = check_float("weight_decay", weight_decay)
-    if not isinstance(trainable_only, bool):
-        raise TypeError(f"trainable_only must be a bool, got {describe(trainable_only)}")
+    check_bool("trainable_only", trainable_only)
     found = model_anatomy(model, head=head, anatomy=anatomy)
     backbone, heads = split_layer_groups(model, anatomy=found)
     by_name = dict(model.named_parameters())

@@ -6,14 +6,13 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..base import describe
+from ..base import check_path, describe, state_differences
 from ..data.transforms import ImagePreprocess
 from ..model.anatomy import anatomy
 from ..model.heads import DropoutHead, replace_head
@@ -137,10 +136,9 @@ def check_rebuilds(model: nn.Module, config: ClassifierConfig) -> None:
         skeleton = build_model(config, device="meta")
     except NotImplementedError:  # an initialiser that cannot run on the meta device
         skeleton = build_model(config)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    if want != got:
-        diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+    missing, unexpected, differ = state_differences(model.state_dict(), skeleton.state_dict())
+    if missing or unexpected or differ:
+        diff = sorted(missing + unexpected) or [k for k, _, _ in differ]
         raise ValueError(f"load_model({config.arch!r}, **{config.model_kwargs}) does not rebuild this "
                          f"model (first differences in its state_dict: {diff[:4]}); pass the arch and "
                          "model_kwargs it was built with")
@@ -232,9 +230,7 @@ def _sha256(file: Path) -> str:
 
 
 def as_directory(directory: Any) -> Path:
-    if not isinstance(directory, (str, os.PathLike)):
-        raise TypeError(f"directory must be a str or os.PathLike, got {describe(directory)}")
-    path = Path(directory)
+    path = check_path("directory", directory)
     if path.exists() and not path.is_dir():
         raise ValueError(f"directory={str(directory)!r} exists and is not a directory")
     return path

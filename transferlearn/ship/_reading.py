@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..base import state_differences
 from ._parts import check_finite
 from .claim import read_claim
 from .format import CONFIG_NAME, ClassifierConfig
@@ -66,11 +67,9 @@ def not_a_classifier(path: Path, directory: Any) -> ValueError:
 
 def check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
     """Same names and shapes as the rebuilt model, or a ValueError naming the first differences."""
-    want = model.state_dict()
-    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    missing, unexpected, differ = state_differences(model.state_dict(), tensors)
     if missing or unexpected:
-        raise ValueError(f"{what}: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    shapes = [f"{k} is {tuple(tensors[k].shape)} in the file, {tuple(v.shape)} in the model"
-              for k, v in want.items() if tensors[k].shape != v.shape]
+        raise ValueError(f"{what}: missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}")
+    shapes = [f"{k} is {theirs} in the file, {ours} in the model" for k, theirs, ours in differ]
     if shapes:
         raise ValueError(f"{what}: {'; '.join(shapes[:2])}")

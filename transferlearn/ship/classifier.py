@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from ..base import atomic_write, check_int, check_module, describe, run_device
+from ..base import atomic_write, check_bool, check_int, check_module, run_device
 from ..data.transforms import ImagePreprocess, imagenet_transform
 from ..train.evaluation import predict
 from ..train.runtime import memory_layout, use_channels_last
@@ -158,8 +158,7 @@ class Classifier:
             torch.Size([2, 3])
         """
         check_int("batch_size", batch_size, minimum=1)
-        if not isinstance(draft, bool):
-            raise TypeError(f"draft must be True or False, got {describe(draft)}")
+        check_bool("draft", draft)
         images = inputs.items(items)
         rows = [torch.empty(0, len(self.classes))]
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ..base import atomic_write, check_float, describe
+from ..base import atomic_write, check_float, check_path, describe
 from ..data.images import load_image
 
 __all__ = ["heat_colors", "overlay", "save_overlay"]
@@ -116,8 +116,7 @@ def save_overlay(image: Any, cam: np.ndarray | torch.Tensor, path: str | os.Path
     Example:
         >>> save_overlay("cat.jpg", clf.explain(["cat.jpg"])[0], "cat.cam.png")
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
+    check_path("path", path)
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
     picture = overlay(image, cam, alpha=alpha)

@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..base import __version__, atomic_write, describe
+from ..base import __version__, atomic_write, check_path, describe
 from . import _html as h
 from .classifier import Classifier
 from .explain import class_activation_map
@@ -212,8 +212,7 @@ def write_html(report: Any, path: str | os.PathLike, *, history: Any = None,
     """
     if report is not None and not isinstance(report, ClassificationReport):
         raise TypeError(f"report must be a ClassificationReport or None, got {describe(report)}")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
+    check_path("path", path)
     if settings is not None and not isinstance(settings, Mapping):
         raise TypeError(f"settings must be a mapping of names to values, got {describe(settings)}")
     if not isinstance(title, str):

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..base import atomic_write, check_bool, check_int, describe
+from ..base import atomic_write, check_bool, check_int, check_path, describe
 from .classifier import Classifier
 from .format import CONFIG_NAME, SIDECARS
 
@@ -127,8 +127,7 @@ def export_onnx(classifier: Classifier, path: str | os.PathLike, *, opset_versio
     """
     if not isinstance(classifier, Classifier):
         raise TypeError(f"classifier must be a Classifier (see load_classifier), got {describe(classifier)}")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
+    check_path("path", path)
     if opset_version is not None:
         check_int("opset_version", opset_version, minimum=7)
     check_bool("overwrite", overwrite)

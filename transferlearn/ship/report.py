@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
-from ..base import atomic_write, check_int, describe, eval_mode, run_device
+from ..base import atomic_write, check_bool, check_int, check_path, describe, eval_mode, run_device
 from ..data.batches import split_batch
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ..model.data_config import data_config
@@ -108,8 +108,7 @@ class ClassificationReport:
         """
         from ._plots import confusion_figure
 
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize must be True or False, got {describe(normalize)}")
+        check_bool("normalize", normalize)
         return _save_png(confusion_figure(self.confusion_matrix, self.classes, normalize), path)
 
     def plot_top_losses(self, path: str | os.PathLike, *, columns: int = 3) -> Path:
@@ -161,8 +160,7 @@ class ClassificationReport:
 
 
 def _save_png(figure: Any, path: str | os.PathLike) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
+    check_path("path", path)
     return atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
 
 

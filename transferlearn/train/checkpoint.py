@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..base import atomic_write, describe
+from ..base import atomic_write, describe, state_differences
 from .runtime import rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_differences", "optimizer_layout",
@@ -59,11 +59,8 @@ def _first(items: list[str], n: int = 5) -> str:
 
 def model_differences(saved: dict[str, Any], model: nn.Module) -> list[str]:
     """Where a saved state dict does not fit ``model``: missing, unexpected, other shapes."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
-    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != v.shape]
+    missing, unexpected, differ = state_differences(model.state_dict(), saved)
+    shapes = [f"{k} {theirs} vs {ours}" for k, theirs, ours in differ]
     return ([f"missing {_first(missing)}"] if missing else []) + \
         ([f"unexpected {_first(unexpected)}"] if unexpected else []) + \
         ([f"shape {_first(shapes, 3)}"] if shapes else [])

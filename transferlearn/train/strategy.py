@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Union
 
-from ..base import check_int, describe
+from ..base import check_bool, check_int
 
 __all__ = ["row_strategy", "Strategy", "recommend_strategy"]
 
@@ -108,8 +108,7 @@ def recommend_strategy(images_per_class: int, *, similar_domain: bool = True,
         'feature_extraction'
     """
     check_int("images_per_class", images_per_class, minimum=1)
-    if not isinstance(similar_domain, bool):
-        raise TypeError(f"similar_domain must be a bool, got {describe(similar_domain)}")
+    check_bool("similar_domain", similar_domain)
     if total_images is not None:
         check_int("total_images", total_images, minimum=1)
         if total_images < images_per_class:
