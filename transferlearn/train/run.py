@@ -18,6 +18,7 @@ from .history import History
 from .loaders import loader_generators
 from .recipe import Phase, Recipe, caching_plan
 from .runtime import set_rng_state
+from .schedules import LRSchedule
 from .selection import BestEpoch
 
 __all__ = ["Run"]
@@ -42,14 +43,16 @@ class Run:
         self.best = BestEpoch(recipe.monitor, recipe.patience, validating=val_loader is not None)
         self.train_loader = train_loader
         self.scaler = trainer.precision.scaler
-        self.callbacks = trainer.callbacks
         self.history, self.epoch, self.nhwc = History(), 0, False
         self.optimizer: torch.optim.Optimizer | None = None
         self.generators: list[torch.Generator] = []
+        stateful = self._built_in_stateful()  # saved in checkpoints before the user's callbacks
+        self.callbacks = stateful + list(trainer.callbacks)
         built_in: list[Any] = [KeepBest(self.best, self.model)] if val_loader is not None else []
-        self.hooks = Hooks(trainer, built_in + [EpochLine(trainer.progress, recipe.epochs)] + trainer.callbacks)
+        self.hooks = Hooks(trainer, built_in + stateful + [EpochLine(trainer.progress, recipe.epochs)] +
+                           trainer.callbacks)
         self.checkpoints = None if trainer.checkpoint_dir is None else \
-            Checkpoints(trainer.checkpoint_dir, trainer.callbacks)
+            Checkpoints(trainer.checkpoint_dir, self.callbacks)
         # the current phase: its index, what a step runs, what the optimizer moves, the caches
         self.entered: int | None = None
         self.forward: nn.Module = self.model
@@ -60,6 +63,23 @@ class Run:
         self.cached = self.val_cached = self.cache_failed = False
         self._rates: dict[tuple[Any, Any], list[float]] = {}
         self._head: nn.Module | None = None
+
+    def _built_in_stateful(self) -> list[Any]:
+        """The built-in callbacks with state this recipe needs: the schedule when a phase's moves."""
+        found: list[Any] = []
+        if any(p.schedule.moves and p.epochs for p in self.recipe.phases):
+            self.steps_per_epoch()  # a loader without a length fails now, not at the phase
+            found.append(LRSchedule(self.rates, self.steps_per_epoch))
+        return found
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch of the (sharded) training loader."""
+        try:
+            batches = len(self.train_loader)
+        except TypeError:
+            raise ValueError("a learning-rate schedule needs a train_loader with a length (len(train_loader)) "
+                             "to count each phase's steps; use schedule='constant' with this loader") from None
+        return -(-batches // self.recipe.accumulate)
 
     def start(self, make_optimizer: Any, train_loader: Any) -> None:
         """Build the one optimizer of the fit (over every parameter, at the first phase's

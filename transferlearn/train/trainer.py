@@ -18,17 +18,17 @@ import torch
 from torch import nn
 
 from ..base import check_bool, check_float, check_head_name, check_module, check_seed, describe
-from ..data.batches import split_batch
 from ..model.heads import find_head
 from . import checkpoint as ckpt
-from .callbacks import Step, check_callbacks
+from .callbacks import check_callbacks
 from .distributed import Distributed
-from .evaluation import _split_outputs, _Tally, evaluate, predict
+from .evaluation import evaluate, predict
 from .feature_cache import cached_step_module
 from .history import History
 from .recipe import DEFAULT, Phase, Recipe
 from .run import Run
 from .runtime import Precision, Progress, memory_layout, pick_device, seed_everything, use_channels_last
+from .step import train_epoch
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
@@ -100,7 +100,8 @@ class Trainer:
             weight_decay: float = DEFAULT, freeze_bn: bool | str = DEFAULT, unfreeze: int | None = DEFAULT,
             cache_features: bool | str = "auto", strategy: Strategy | None = None,
             resume: bool | str | Path = False, monitor: str = "val_loss", patience: int | None = None,
-            restore_best: bool = True, phases: Sequence[Phase] | None = None) -> History:
+            restore_best: bool = True, phases: Sequence[Phase] | None = None, schedule: Any = DEFAULT,
+            warmup_steps: int = DEFAULT) -> History:
         """Run the recipe's phases (by default: warm the head up, then fine-tune); return the history.
 
         A ``strategy`` supplies the recipe's settings; arguments given explicitly win over it.
@@ -123,6 +124,9 @@ class Trainer:
             patience: end a phase after this many epochs without a new best.
             restore_best: end with the best epoch's weights (default True).
             phases: ``[Phase(...), ...]`` instead of the epoch/rate/freezing arguments above.
+            schedule: every phase's rates per optimizer step: ``"constant"`` (default),
+                ``"cosine"``, ``"one_cycle"``, a ``Schedule`` or a callable (docs/recipe.md).
+            warmup_steps: linear warm-up steps at the start of each phase (default 0).
 
         Returns:
             The ``History`` (also ``trainer.history``); with validation the best epoch's record
@@ -143,7 +147,8 @@ class Trainer:
         recipe = Recipe.from_fit(strategy, phases, cache_features=cache_features, weight_decay=weight_decay,
                                  monitor=monitor, patience=patience, restore_best=restore_best,
                                  warmup_epochs=warmup_epochs, finetune_epochs=finetune_epochs, head_lr=head_lr,
-                                 backbone_lr=backbone_lr, freeze_bn=freeze_bn, unfreeze=unfreeze)
+                                 backbone_lr=backbone_lr, freeze_bn=freeze_bn, unfreeze=unfreeze,
+                                 schedule=schedule, warmup_steps=warmup_steps)
         run = Run(self, recipe, train_loader, val_loader)
         with memory_layout(self.model, self.channels_last) as run.nhwc:
             self._run(run, resume)
@@ -207,7 +212,7 @@ class Trainer:
         began = time.perf_counter()
         phase = run.phase
         where = f"epoch {run.epoch + 1}/{run.recipe.epochs} {phase.name}"
-        loss, accuracy = self._train_epoch(run, phase, where)
+        loss, accuracy = train_epoch(self, run, phase, where)
         self.dist.sync_buffers(self.model)
         record = {"epoch": run.epoch + 1, "phase": phase.name, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": run.lrs()}
@@ -226,59 +231,6 @@ class Trainer:
             return self.evaluate(run.val_loader)
         return evaluate(run.head_module(), run.val_cache.batches(run.val_loader), criterion=self.criterion,
                         device=self.device, precision=self.precision)
-
-    def _train_epoch(self, run: Run, phase: Phase, where: str) -> tuple[float, float | None]:
-        run.running.train()  # on cached features only the head runs; the backbone's modes do not matter
-        batches, total = run.batches()
-        stepping = run.hooks.has("on_step_start") or run.hooks.has("on_step_end")
-        tally = _Tally()
-        for step, batch in enumerate(self.progress.batches(batches, total, where)):
-            inputs, targets = split_batch(batch, source="train_loader")
-            if targets is None:
-                raise ValueError("train_loader must yield (inputs, targets) batches")
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            if run.nhwc and inputs.ndim == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            if stepping:
-                run.hooks("on_step_start", Step(phase, run.epoch + 1, step))
-            logits, loss = self._loss(run, inputs, targets)
-            value = float(loss.detach())
-            self._check_finite(math.isfinite(value), f"loss {value}", where, step)
-            self._step(run, loss, where, step)
-            tally.add(value, logits, targets)
-            if stepping:
-                run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value))
-        return tally.result("train_loader yielded no batches", self.dist)
-
-    def _loss(self, run: Run, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.precision.autocast():
-            logits, aux = _split_outputs(run.forward(inputs))
-            loss = self.criterion(logits, targets)
-            if aux:  # inception_v3 / googlenet in train mode
-                loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
-        return logits, loss
-
-    def _step(self, run: Run, loss: torch.Tensor, where: str, step: int) -> None:
-        """Backward, optional clipping (a non-finite norm stops the run unless a GradScaler is
-        handling fp16 overflow), optimizer step."""
-        run.optimizer.zero_grad(set_to_none=True)
-        scaler = self.precision.scaler
-        scaler.scale(loss).backward()
-        if self.grad_clip is not None:
-            scaler.unscale_(run.optimizer)
-            norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in run.trainable], self.grad_clip))
-            self._check_finite(math.isfinite(norm) or scaler.is_enabled(), f"gradient norm {norm}", where, step)
-        scaler.step(run.optimizer)
-        scaler.update()
-
-    def _check_finite(self, finite: bool, what: str, where: str, step: int) -> None:
-        if not self.dist.all_true(finite):
-            last = None if self.checkpoint_dir is None else self.checkpoint_dir / ckpt.LAST
-            kept = f"; {last} still holds the last good epoch" if last is not None and last.exists() else ""
-            raise FloatingPointError(
-                f"non-finite {what if finite is False else 'value on another rank'} in {where}, batch {step + 1}: "
-                f"the run stops before the optimizer step{kept}. Look for NaN/inf in the inputs or targets, or "
-                "lower the learning rate (or set grad_clip)")
 
     def _check_weights(self, run: Run, record: dict[str, Any]) -> None:
         # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)

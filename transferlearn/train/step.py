@@ -1,0 +1,94 @@
+"""The training epoch of the Trainer's loop: batches, the loss, backward, the optimizer step.
+
+The guards against non-finite numbers run here, before any callback sees the step. See
+docs/trainer.md ("Non-finite values stop the run") and docs/recipe.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..base import check_choice, check_float, check_int
+from ..data.batches import split_batch
+from . import checkpoint as ckpt
+from .callbacks import Step
+from .evaluation import _split_outputs, _Tally
+
+__all__ = ["train_epoch", "check_step_options", "check_finite"]
+
+
+def check_step_options(recipe: Any) -> None:
+    """The recipe's options of the training step: accumulation, EMA, the loss and the mixing."""
+    check_int("accumulate", recipe.accumulate, minimum=1)
+    if recipe.ema is not None:
+        check_float("ema", recipe.ema, strict=True, maximum=1.0)
+        if recipe.ema == 1.0:
+            raise ValueError("ema must be None (off) or a decay < 1.0 such as 0.999, got 1.0 (it would never move)")
+    check_float("label_smoothing", recipe.label_smoothing, maximum=1.0)
+    check_float("mixup", recipe.mixup)
+    check_float("cutmix", recipe.cutmix)
+    if recipe.balance is not None:
+        check_choice("balance", recipe.balance, ("loss",))
+
+
+def train_epoch(trainer: Any, run: Any, phase: Any, where: str) -> tuple[float, float | None]:
+    """Train one epoch of ``phase``: mean loss and accuracy over its batches."""
+    run.running.train()  # on cached features only the head runs; the backbone's modes do not matter
+    batches, total = run.batches()
+    stepping = run.hooks.has("on_step_start") or run.hooks.has("on_step_end")
+    tally = _Tally()
+    for step, batch in enumerate(trainer.progress.batches(batches, total, where)):
+        inputs, targets = split_batch(batch, source="train_loader")
+        if targets is None:
+            raise ValueError("train_loader must yield (inputs, targets) batches")
+        inputs, targets = inputs.to(trainer.device), targets.to(trainer.device)
+        if run.nhwc and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if stepping:
+            run.hooks("on_step_start", Step(phase, run.epoch + 1, step))
+        logits, loss = _loss(trainer, run, inputs, targets)
+        value = float(loss.detach())
+        check_finite(trainer, math.isfinite(value), f"loss {value}", where, step)
+        _step(trainer, run, loss, where, step)
+        tally.add(value, logits, targets)
+        if stepping:
+            run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value, stepped=True))
+    return tally.result("train_loader yielded no batches", trainer.dist)
+
+
+def _loss(trainer: Any, run: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    criterion = trainer.criterion
+    with trainer.precision.autocast():
+        logits, aux = _split_outputs(run.forward(inputs))
+        loss = criterion(logits, targets)
+        if aux:  # inception_v3 / googlenet in train mode
+            loss = loss + sum(trainer.aux_weight * criterion(a, targets) for a in aux)
+    return logits, loss
+
+
+def _step(trainer: Any, run: Any, loss: torch.Tensor, where: str, step: int) -> None:
+    """Backward, optional clipping (a non-finite norm stops the run unless a GradScaler is
+    handling fp16 overflow), optimizer step."""
+    run.optimizer.zero_grad(set_to_none=True)
+    scaler = trainer.precision.scaler
+    scaler.scale(loss).backward()
+    if trainer.grad_clip is not None:
+        scaler.unscale_(run.optimizer)
+        norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in run.trainable], trainer.grad_clip))
+        check_finite(trainer, math.isfinite(norm) or scaler.is_enabled(), f"gradient norm {norm}", where, step)
+    scaler.step(run.optimizer)
+    scaler.update()
+
+
+def check_finite(trainer: Any, finite: bool, what: str, where: str, step: int) -> None:
+    """Stop the run (``FloatingPointError``) unless ``finite`` holds on every rank."""
+    if not trainer.dist.all_true(finite):
+        last = None if trainer.checkpoint_dir is None else trainer.checkpoint_dir / ckpt.LAST
+        kept = f"; {last} still holds the last good epoch" if last is not None and last.exists() else ""
+        raise FloatingPointError(
+            f"non-finite {what if finite is False else 'value on another rank'} in {where}, batch {step + 1}: "
+            f"the run stops before the optimizer step{kept}. Look for NaN/inf in the inputs or targets, or "
+            "lower the learning rate (or set grad_clip)")
