@@ -16,6 +16,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import commands as commands
+from . import lr_find as lr_find
 
 __all__ = ["main"]
 
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--different-domain", action="store_true", help="not ImageNet-like photos")
     rec.add_argument("--total-images", type=int, default=None)
     rec.set_defaults(run=commands.recommend)
+    lr_find.add_parser(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from .distributed import Distributed
 from .evaluation import evaluate, predict
 from .feature_cache import cached_step_module
 from .history import History
+from .lr_find import LRFindResult, lr_find
 from .recipe import DEFAULT, Phase, Recipe
 from .run import Run
 from .runtime import Precision, Progress, memory_layout, pick_device, seed_everything, use_channels_last
@@ -239,6 +240,35 @@ class Trainer:
             raise FloatingPointError(f"non-finite weights after epoch {record['epoch']} ({', '.join(bad[:3])}); "
                                      "the run stops and no checkpoint is written. Lower the learning rate "
                                      "or set grad_clip")
+
+    def lr_find(self, train_loader: Any, *, phase: str = "head", start_lr: float = 1e-7, end_lr: float = 1.0,
+                num_steps: int = 100, **options: Any) -> LRFindResult:
+        """The learning-rate range test; leaves the model, optimizer and every random state as it found them.
+
+        Args:
+            train_loader: training batches (cycled when shorter than ``num_steps``).
+            phase: ``"head"`` (the warm-up: on cached features when the recipe caches) or
+                ``"finetune"`` (the backbone too, BatchNorm as the recipe sets it).
+            start_lr: the head's first rate (exponential steps; the other groups keep their
+                recipe ratio to the head, e.g. backbone = head / 10).
+            end_lr: the head's last rate.
+            num_steps: optimizer steps (fewer when the loss diverges).
+            **options: ``diverge`` (stop above this x the best smoothed loss, default 4),
+                ``smoothing`` (0.98), ``strategy`` and ``fit``'s recipe arguments
+                (``backbone_lr``, ``freeze_bn``, ``unfreeze``, ``cache_features``, ``weight_decay``...).
+
+        Returns:
+            An ``LRFindResult``: ``.lrs``, ``.losses`` (smoothed), ``.suggestion``, ``.plot(path)``.
+
+        Raises:
+            TypeError, ValueError: a bad option, or a loader without (inputs, targets) batches.
+
+        Example:
+            >>> result = trainer.lr_find(train_loader)
+            >>> history = trainer.fit(train_loader, val_loader, head_lr=result.suggestion)
+        """
+        return lr_find(self, train_loader, phase=phase, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+                       **options)
 
     def evaluate(self, loader: Any) -> dict[str, float | None]:
         """Mean loss and accuracy over every sample of ``loader``; see ``evaluation.evaluate``."""
