@@ -13,6 +13,7 @@ from ..model.heads import find_head
 from ..model.optim import param_groups
 from . import checkpoint as ckpt
 from .callbacks import Checkpoints, EpochLine, Hooks, KeepBest, check_callback_states, load_callback_states
+from .ema import WeightEMA
 from .feature_cache import FeatureCache, warmup_caches
 from .history import History
 from .loaders import loader_generators
@@ -46,9 +47,11 @@ class Run:
         self.history, self.epoch, self.nhwc = History(), 0, False
         self.optimizer: torch.optim.Optimizer | None = None
         self.generators: list[torch.Generator] = []
+        self.ema = None if recipe.ema is None else WeightEMA(self.model, recipe.ema)
+        self.scored = self.model if self.ema is None else self.ema.module  # what validates and is kept
         stateful = self._built_in_stateful()  # saved in checkpoints before the user's callbacks
         self.callbacks = stateful + list(trainer.callbacks)
-        built_in: list[Any] = [KeepBest(self.best, self.model)] if val_loader is not None else []
+        built_in: list[Any] = [KeepBest(self.best, self.scored)] if val_loader is not None else []
         self.hooks = Hooks(trainer, built_in + stateful + [EpochLine(trainer.progress, recipe.epochs)] +
                            trainer.callbacks)
         self.checkpoints = None if trainer.checkpoint_dir is None else \
@@ -65,20 +68,25 @@ class Run:
         self._head: nn.Module | None = None
 
     def _built_in_stateful(self) -> list[Any]:
-        """The built-in callbacks with state this recipe needs: the schedule when a phase's moves."""
+        """The built-in callbacks with state this recipe needs: the schedule when a phase's moves
+        the rates, the EMA."""
         found: list[Any] = []
+        if self.recipe.accumulate > 1:
+            self.steps_per_epoch("accumulate")  # a loader without a length fails now, not at the phase
         if any(p.schedule.moves and p.epochs for p in self.recipe.phases):
-            self.steps_per_epoch()  # a loader without a length fails now, not at the phase
+            self.steps_per_epoch()
             found.append(LRSchedule(self.rates, self.steps_per_epoch))
-        return found
+        return found + ([self.ema] if self.ema is not None else [])
 
-    def steps_per_epoch(self) -> int:
+    def steps_per_epoch(self, why: str = "schedule") -> int:
         """Optimizer steps in one epoch of the (sharded) training loader."""
         try:
             batches = len(self.train_loader)
         except TypeError:
-            raise ValueError("a learning-rate schedule needs a train_loader with a length (len(train_loader)) "
-                             "to count each phase's steps; use schedule='constant' with this loader") from None
+            what = "a learning-rate schedule" if why == "schedule" else f"accumulate={self.recipe.accumulate}"
+            raise ValueError(f"{what} needs a train_loader with a length (len(train_loader)) to count each "
+                             f"epoch's steps; use {why}={'constant' if why == 'schedule' else 1!r} with this "
+                             "loader") from None
         return -(-batches // self.recipe.accumulate)
 
     def start(self, make_optimizer: Any, train_loader: Any) -> None:
@@ -142,8 +150,9 @@ class Run:
         return [[name, n, lr, wd] for (name, n, _, wd), lr in zip(ckpt.optimizer_layout(self.optimizer), rates)]
 
     def head_module(self) -> nn.Module:
+        """The head of what validates (the model, or its EMA)."""
         if self._head is None:
-            self._head = find_head(self.model, **self.structure)[1]
+            self._head = find_head(self.scored, **self.structure)[1]
         return self._head
 
     def lrs(self) -> dict[str, float]:

@@ -6,6 +6,7 @@ docs/trainer.md ("Non-finite values stop the run") and docs/recipe.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from . import checkpoint as ckpt
 from .callbacks import Step
 from .evaluation import _split_outputs, _Tally
 
-__all__ = ["train_epoch", "check_step_options", "check_finite"]
+__all__ = ["train_epoch", "check_step_options", "check_finite", "check_weights"]
 
 
 def check_step_options(recipe: Any) -> None:
@@ -35,28 +36,51 @@ def check_step_options(recipe: Any) -> None:
 
 
 def train_epoch(trainer: Any, run: Any, phase: Any, where: str) -> tuple[float, float | None]:
-    """Train one epoch of ``phase``: mean loss and accuracy over its batches."""
+    """Train one epoch of ``phase``: mean loss and accuracy over its batches. With
+    ``accumulate=N`` the optimizer steps after every N-th batch and after the epoch's last."""
     run.running.train()  # on cached features only the head runs; the backbone's modes do not matter
     batches, total = run.batches()
+    every = run.recipe.accumulate
     stepping = run.hooks.has("on_step_start") or run.hooks.has("on_step_end")
-    tally = _Tally()
+    tally, samples = _Tally(), 0
     for step, batch in enumerate(trainer.progress.batches(batches, total, where)):
-        inputs, targets = split_batch(batch, source="train_loader")
-        if targets is None:
-            raise ValueError("train_loader must yield (inputs, targets) batches")
-        inputs, targets = inputs.to(trainer.device), targets.to(trainer.device)
-        if run.nhwc and inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs, targets = _to_device(trainer, run, batch)
+        stepped = every == 1 or (step + 1) % every == 0 or step + 1 == total
         if stepping:
             run.hooks("on_step_start", Step(phase, run.epoch + 1, step))
-        logits, loss = _loss(trainer, run, inputs, targets)
-        value = float(loss.detach())
-        check_finite(trainer, math.isfinite(value), f"loss {value}", where, step)
-        _step(trainer, run, loss, where, step)
+        with _no_sync(run.forward, stepped):
+            logits, loss = _loss(trainer, run, inputs, targets)
+            value = float(loss.detach())
+            check_finite(trainer, math.isfinite(value), f"loss {value}", where, step)
+            if step % every == 0:
+                run.optimizer.zero_grad(set_to_none=True)
+            # accumulating: each batch's mean loss weighted by its size, the sum divided by the samples at
+            # the step, so N batches of 8 give the gradient of one batch of 8N (a short last batch included)
+            trainer.precision.scaler.scale(loss if every == 1 else loss * len(targets)).backward()
+        samples += len(targets)
+        if stepped:
+            _step(trainer, run, where, step, None if every == 1 else samples)
+            samples = 0
         tally.add(value, logits, targets)
         if stepping:
-            run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value, stepped=True))
+            run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value, stepped=stepped))
     return tally.result("train_loader yielded no batches", trainer.dist)
+
+
+def _to_device(trainer: Any, run: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = split_batch(batch, source="train_loader")
+    if targets is None:
+        raise ValueError("train_loader must yield (inputs, targets) batches")
+    inputs, targets = inputs.to(trainer.device), targets.to(trainer.device)
+    if run.nhwc and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, targets
+
+
+def _no_sync(forward: Any, stepped: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` for a batch whose gradients only accumulate (they sync at the step)."""
+    no_sync = getattr(forward, "no_sync", None)
+    return contextlib.nullcontext() if stepped or no_sync is None else no_sync()
 
 
 def _loss(trainer: Any, run: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +93,14 @@ def _loss(trainer: Any, run: Any, inputs: torch.Tensor, targets: torch.Tensor) -
     return logits, loss
 
 
-def _step(trainer: Any, run: Any, loss: torch.Tensor, where: str, step: int) -> None:
-    """Backward, optional clipping (a non-finite norm stops the run unless a GradScaler is
-    handling fp16 overflow), optimizer step."""
-    run.optimizer.zero_grad(set_to_none=True)
+def _step(trainer: Any, run: Any, where: str, step: int, samples: int | None) -> None:
+    """The gradients' mean over ``samples`` (accumulated), optional clipping (a non-finite norm
+    stops the run unless a GradScaler is handling fp16 overflow), the optimizer step."""
     scaler = trainer.precision.scaler
-    scaler.scale(loss).backward()
+    if samples is not None:
+        for _, p in run.trainable:
+            if p.grad is not None:
+                p.grad.div_(samples)
     if trainer.grad_clip is not None:
         scaler.unscale_(run.optimizer)
         norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in run.trainable], trainer.grad_clip))
@@ -92,3 +118,13 @@ def check_finite(trainer: Any, finite: bool, what: str, where: str, step: int) -
             f"non-finite {what if finite is False else 'value on another rank'} in {where}, batch {step + 1}: "
             f"the run stops before the optimizer step{kept}. Look for NaN/inf in the inputs or targets, or "
             "lower the learning rate (or set grad_clip)")
+
+
+def check_weights(run: Any, record: dict[str, Any]) -> None:
+    """Stop the run when a trainable weight is not finite after an epoch (before any checkpoint)."""
+    # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)
+    bad = [n for n, p in run.trainable if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise FloatingPointError(f"non-finite weights after epoch {record['epoch']} ({', '.join(bad[:3])}); "
+                                 "the run stops and no checkpoint is written. Lower the learning rate "
+                                 "or set grad_clip")

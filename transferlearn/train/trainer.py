@@ -29,7 +29,7 @@ from .lr_find import LRFindResult, lr_find
 from .recipe import DEFAULT, Phase, Recipe
 from .run import Run
 from .runtime import Precision, Progress, memory_layout, pick_device, seed_everything, use_channels_last
-from .step import train_epoch
+from .step import check_weights, train_epoch
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
@@ -102,7 +102,7 @@ class Trainer:
             cache_features: bool | str = "auto", strategy: Strategy | None = None,
             resume: bool | str | Path = False, monitor: str = "val_loss", patience: int | None = None,
             restore_best: bool = True, phases: Sequence[Phase] | None = None, schedule: Any = DEFAULT,
-            warmup_steps: int = DEFAULT) -> History:
+            warmup_steps: int = DEFAULT, accumulate: int = 1, ema: float | None = None) -> History:
         """Run the recipe's phases (by default: warm the head up, then fine-tune); return the history.
 
         A ``strategy`` supplies the recipe's settings; arguments given explicitly win over it.
@@ -128,6 +128,8 @@ class Trainer:
             schedule: every phase's rates per optimizer step: ``"constant"`` (default),
                 ``"cosine"``, ``"one_cycle"``, a ``Schedule`` or a callable (docs/recipe.md).
             warmup_steps: linear warm-up steps at the start of each phase (default 0).
+            accumulate: step the optimizer every N batches, on their mean gradient (default 1).
+            ema: decay of a moving average of the weights (e.g. 0.999): it validates, and is kept.
 
         Returns:
             The ``History`` (also ``trainer.history``); with validation the best epoch's record
@@ -149,7 +151,7 @@ class Trainer:
                                  monitor=monitor, patience=patience, restore_best=restore_best,
                                  warmup_epochs=warmup_epochs, finetune_epochs=finetune_epochs, head_lr=head_lr,
                                  backbone_lr=backbone_lr, freeze_bn=freeze_bn, unfreeze=unfreeze,
-                                 schedule=schedule, warmup_steps=warmup_steps)
+                                 schedule=schedule, warmup_steps=warmup_steps, accumulate=accumulate, ema=ema)
         run = Run(self, recipe, train_loader, val_loader)
         with memory_layout(self.model, self.channels_last) as run.nhwc:
             self._run(run, resume)
@@ -170,7 +172,7 @@ class Trainer:
                 self._enter_phase(run, run.recipe.plan[run.epoch])
             self.dist.set_epoch(run.train_loader, run.epoch)
             record = self._epoch(run)
-            self._check_weights(run, record)
+            check_weights(run, record)
             run.history.append(record)
             run.hooks("on_epoch_end", run.history[-1])  # the best epoch, patience, progress, yours
             run.epoch = run.next_epoch()
@@ -179,11 +181,14 @@ class Trainer:
             self._enter_phase(run, run.recipe.plan[-1], resumed=True)
 
     def _finish(self, run: Run) -> None:
-        best = run.best
+        best, restored = run.best, False
         if best.epoch is not None:
             run.history.mark_best(best.epoch)
             if run.recipe.restore_best and run.val_loader is not None and best.state is not None:
                 self.model.load_state_dict(best.state)
+                restored = True
+        if run.ema is not None and not restored:  # the average is the model a fit with ema gives back
+            self.model.load_state_dict(run.ema.module.state_dict())
         self.model.eval()  # ready for inference: no one forgets eval() after fit
         self.history = run.history
         run.hooks("on_fit_end", run.history)
@@ -220,6 +225,8 @@ class Trainer:
         if run.val_loader is not None:
             scores = self._validate(run)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+            if run.ema is not None:
+                record["validated"] = "ema"
             if not math.isfinite(scores["loss"]):
                 raise FloatingPointError(f"non-finite validation loss {scores['loss']} in {where}: val_loader yields "
                                          "NaN/inf inputs, or the model gives them on it; the run stops and this "
@@ -228,18 +235,12 @@ class Trainer:
         return record
 
     def _validate(self, run: Run) -> dict[str, float | None]:
+        """Score what is kept (the model, or its EMA): the head alone on cached validation features."""
         if not run.val_cached:
-            return self.evaluate(run.val_loader)
+            return evaluate(run.scored, run.val_loader, criterion=self.criterion, device=self.device,
+                            precision=self.precision, distributed=self.dist)
         return evaluate(run.head_module(), run.val_cache.batches(run.val_loader), criterion=self.criterion,
                         device=self.device, precision=self.precision)
-
-    def _check_weights(self, run: Run, record: dict[str, Any]) -> None:
-        # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)
-        bad = [n for n, p in run.trainable if not bool(torch.isfinite(p).all())]
-        if bad:
-            raise FloatingPointError(f"non-finite weights after epoch {record['epoch']} ({', '.join(bad[:3])}); "
-                                     "the run stops and no checkpoint is written. Lower the learning rate "
-                                     "or set grad_clip")
 
     def lr_find(self, train_loader: Any, *, phase: str = "head", start_lr: float = 1e-7, end_lr: float = 1.0,
                 num_steps: int = 100, **options: Any) -> LRFindResult:
@@ -253,9 +254,8 @@ class Trainer:
                 recipe ratio to the head, e.g. backbone = head / 10).
             end_lr: the head's last rate.
             num_steps: optimizer steps (fewer when the loss diverges).
-            **options: ``diverge`` (stop above this x the best smoothed loss, default 4),
-                ``smoothing`` (0.98), ``strategy`` and ``fit``'s recipe arguments
-                (``backbone_lr``, ``freeze_bn``, ``unfreeze``, ``cache_features``, ``weight_decay``...).
+            **options: ``diverge`` (4), ``smoothing`` (0.98), ``strategy`` and ``fit``'s recipe
+                arguments (``backbone_lr``, ``freeze_bn``, ``unfreeze``...); see docs/recipe.md.
 
         Returns:
             An ``LRFindResult``: ``.lrs``, ``.losses`` (smoothed), ``.suggestion``, ``.plot(path)``.
