@@ -144,7 +144,8 @@ class Recipe:
         ema: decay of an exponential moving average of the weights (None: off); the EMA is
             what validates and what ``fit`` ends with.
         label_smoothing: of the training loss (``nn.CrossEntropyLoss``'s own).
-        mixup, cutmix: Beta(alpha, alpha) of MixUp / CutMix on uncached phases (0: off).
+        mixup: Beta(alpha, alpha) of MixUp on the uncached phases (0: off).
+        cutmix: Beta(alpha, alpha) of CutMix on the uncached phases (0: off).
         balance: ``None`` or ``"loss"``: class weights ``N / (C * count)`` in the training loss.
 
     Example:

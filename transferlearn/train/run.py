@@ -12,11 +12,13 @@ from torch import nn
 from ..model.heads import find_head
 from ..model.optim import param_groups
 from . import checkpoint as ckpt
+from .balance import class_weights, loader_labels
 from .callbacks import Checkpoints, EpochLine, Hooks, KeepBest, check_callback_states, load_callback_states
 from .ema import WeightEMA
 from .feature_cache import FeatureCache, warmup_caches
 from .history import History
 from .loaders import loader_generators
+from .mixing import Mixer, num_classes, training_criterion
 from .recipe import Phase, Recipe, caching_plan
 from .runtime import set_rng_state
 from .schedules import LRSchedule
@@ -47,6 +49,7 @@ class Run:
         self.history, self.epoch, self.nhwc = History(), 0, False
         self.optimizer: torch.optim.Optimizer | None = None
         self.generators: list[torch.Generator] = []
+        self._loss_options(trainer)
         self.ema = None if recipe.ema is None else WeightEMA(self.model, recipe.ema)
         self.scored = self.model if self.ema is None else self.ema.module  # what validates and is kept
         stateful = self._built_in_stateful()  # saved in checkpoints before the user's callbacks
@@ -66,6 +69,21 @@ class Run:
         self.cached = self.val_cached = self.cache_failed = False
         self._rates: dict[tuple[Any, Any], list[float]] = {}
         self._head: nn.Module | None = None
+
+    def _loss_options(self, trainer: Any) -> None:
+        """Check the loss options now (the class weights are counted when the first phase starts)."""
+        r, self.criterion = self.recipe, None
+        classes = num_classes(self.model, **self.structure) if r.mixup or r.cutmix or r.balance else 0
+        self.mixer = Mixer(r.mixup, r.cutmix, classes) if r.mixup or r.cutmix else None
+        self._criterion_args = (trainer.criterion, r.label_smoothing, classes, trainer.criterion_given)
+        training_criterion(trainer.criterion, label_smoothing=r.label_smoothing, user=trainer.criterion_given,
+                           weight=torch.ones(classes) if r.balance else None)
+
+    def _train_criterion(self, device: Any) -> Any:
+        criterion, smoothing, classes, user = self._criterion_args
+        weight = class_weights(loader_labels(self.train_loader, self.cache), classes).to(device) \
+            if self.recipe.balance == "loss" else None
+        return training_criterion(criterion, label_smoothing=smoothing, weight=weight, user=user)
 
     def _built_in_stateful(self) -> list[Any]:
         """The built-in callbacks with state this recipe needs: the schedule when a phase's moves
@@ -176,6 +194,8 @@ class Run:
             self.val_cache = valid if need_val else self.val_cache
         self.cached = use and self.cache is not None
         self.val_cached = val and self.val_cache is not None
+        if self.criterion is None:  # the class weights from the cache's labels when there is one
+            self.criterion = self._train_criterion(kwargs["device"])
 
     def batches(self) -> tuple[Any, int | None]:
         """The epoch's batches (replayed from the cache when the phase has it) and their count."""

@@ -16,9 +16,9 @@ from ..base import check_choice, check_float, check_int
 from ..data.batches import split_batch
 from . import checkpoint as ckpt
 from .callbacks import Step
-from .evaluation import _split_outputs, _Tally
+from .evaluation import _split_outputs, _Tally, evaluate
 
-__all__ = ["train_epoch", "check_step_options", "check_finite", "check_weights"]
+__all__ = ["train_epoch", "check_step_options", "check_finite", "check_weights", "validate"]
 
 
 def check_step_options(recipe: Any) -> None:
@@ -44,10 +44,13 @@ def train_epoch(trainer: Any, run: Any, phase: Any, where: str) -> tuple[float, 
     stepping = run.hooks.has("on_step_start") or run.hooks.has("on_step_end")
     tally, samples = _Tally(), 0
     for step, batch in enumerate(trainer.progress.batches(batches, total, where)):
-        inputs, targets = _to_device(trainer, run, batch)
+        inputs, hard = _to_device(trainer, run, batch)
         stepped = every == 1 or (step + 1) % every == 0 or step + 1 == total
         if stepping:
             run.hooks("on_step_start", Step(phase, run.epoch + 1, step))
+        targets = hard
+        if run.mixer is not None and not run.cached:  # soft targets; the cached warm-up trains on clean features
+            inputs, targets = run.mixer(inputs, hard)
         with _no_sync(run.forward, stepped):
             logits, loss = _loss(trainer, run, inputs, targets)
             value = float(loss.detach())
@@ -56,12 +59,12 @@ def train_epoch(trainer: Any, run: Any, phase: Any, where: str) -> tuple[float, 
                 run.optimizer.zero_grad(set_to_none=True)
             # accumulating: each batch's mean loss weighted by its size, the sum divided by the samples at
             # the step, so N batches of 8 give the gradient of one batch of 8N (a short last batch included)
-            trainer.precision.scaler.scale(loss if every == 1 else loss * len(targets)).backward()
-        samples += len(targets)
+            trainer.precision.scaler.scale(loss if every == 1 else loss * len(hard)).backward()
+        samples += len(hard)
         if stepped:
             _step(trainer, run, where, step, None if every == 1 else samples)
             samples = 0
-        tally.add(value, logits, targets)
+        tally.add(value, logits, hard)  # accuracy: against the labels of the un-mixed batch
         if stepping:
             run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value, stepped=stepped))
     return tally.result("train_loader yielded no batches", trainer.dist)
@@ -84,7 +87,7 @@ def _no_sync(forward: Any, stepped: bool) -> contextlib.AbstractContextManager:
 
 
 def _loss(trainer: Any, run: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    criterion = trainer.criterion
+    criterion = run.criterion  # with the fit's label smoothing and class weights
     with trainer.precision.autocast():
         logits, aux = _split_outputs(run.forward(inputs))
         loss = criterion(logits, targets)
@@ -128,3 +131,14 @@ def check_weights(run: Any, record: dict[str, Any]) -> None:
         raise FloatingPointError(f"non-finite weights after epoch {record['epoch']} ({', '.join(bad[:3])}); "
                                  "the run stops and no checkpoint is written. Lower the learning rate "
                                  "or set grad_clip")
+
+
+def validate(trainer: Any, run: Any) -> dict[str, float | None]:
+    """Score what is kept (the model, or its EMA): the head alone on cached validation features."""
+    if not run.val_cached and run.ema is None:
+        return trainer.evaluate(run.val_loader)
+    if not run.val_cached:
+        return evaluate(run.scored, run.val_loader, criterion=trainer.criterion, device=trainer.device,
+                        precision=trainer.precision, distributed=trainer.dist, macro_f1=True)
+    return evaluate(run.head_module(), run.val_cache.batches(run.val_loader), criterion=trainer.criterion,
+                    device=trainer.device, precision=trainer.precision, macro_f1=True)

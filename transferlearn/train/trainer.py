@@ -29,7 +29,7 @@ from .lr_find import LRFindResult, lr_find
 from .recipe import DEFAULT, Phase, Recipe
 from .run import Run
 from .runtime import Precision, Progress, memory_layout, pick_device, seed_everything, use_channels_last
-from .step import check_weights, train_epoch
+from .step import check_weights, train_epoch, validate
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
@@ -90,6 +90,7 @@ class Trainer:
             raise TypeError(f"checkpoint_dir must be None or a folder path, got {describe(checkpoint_dir)}")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.criterion_given = criterion is not None
         self.make_optimizer = optimizer if optimizer is not None else torch.optim.AdamW
         self.aux_weight = check_float("aux_weight", aux_weight)
         self.callbacks = check_callbacks(callbacks)
@@ -102,7 +103,8 @@ class Trainer:
             cache_features: bool | str = "auto", strategy: Strategy | None = None,
             resume: bool | str | Path = False, monitor: str = "val_loss", patience: int | None = None,
             restore_best: bool = True, phases: Sequence[Phase] | None = None, schedule: Any = DEFAULT,
-            warmup_steps: int = DEFAULT, accumulate: int = 1, ema: float | None = None) -> History:
+            warmup_steps: int = DEFAULT, accumulate: int = 1, ema: float | None = None, label_smoothing: float = 0.0,
+            mixup: float = 0.0, cutmix: float = 0.0, balance: str | None = None) -> History:
         """Run the recipe's phases (by default: warm the head up, then fine-tune); return the history.
 
         A ``strategy`` supplies the recipe's settings; arguments given explicitly win over it.
@@ -121,7 +123,7 @@ class Trainer:
             cache_features: warm up on cached features: ``"auto"``, True or False.
             strategy: a ``Strategy`` (``recommend_strategy``).
             resume: True (``checkpoint_dir/last.pt``) or a checkpoint path; checked first.
-            monitor: ``"val_loss"`` or ``"val_accuracy"``, ranks the epochs.
+            monitor: ``"val_loss"``, ``"val_accuracy"`` or ``"val_macro_f1"``: ranks the epochs.
             patience: end a phase after this many epochs without a new best.
             restore_best: end with the best epoch's weights (default True).
             phases: ``[Phase(...), ...]`` instead of the epoch/rate/freezing arguments above.
@@ -130,6 +132,10 @@ class Trainer:
             warmup_steps: linear warm-up steps at the start of each phase (default 0).
             accumulate: step the optimizer every N batches, on their mean gradient (default 1).
             ema: decay of a moving average of the weights (e.g. 0.999): it validates, and is kept.
+            label_smoothing: of the training loss (``nn.CrossEntropyLoss``'s), e.g. 0.1.
+            mixup: MixUp's alpha on the phases that read images (not the cached warm-up).
+            cutmix: CutMix's alpha, likewise (with both, one of the two per batch).
+            balance: ``"loss"``: class weights ``N / (C * count)`` in the training loss.
 
         Returns:
             The ``History`` (also ``trainer.history``); with validation the best epoch's record
@@ -151,7 +157,8 @@ class Trainer:
                                  monitor=monitor, patience=patience, restore_best=restore_best,
                                  warmup_epochs=warmup_epochs, finetune_epochs=finetune_epochs, head_lr=head_lr,
                                  backbone_lr=backbone_lr, freeze_bn=freeze_bn, unfreeze=unfreeze,
-                                 schedule=schedule, warmup_steps=warmup_steps, accumulate=accumulate, ema=ema)
+                                 schedule=schedule, warmup_steps=warmup_steps, accumulate=accumulate, ema=ema,
+                                 label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, balance=balance)
         run = Run(self, recipe, train_loader, val_loader)
         with memory_layout(self.model, self.channels_last) as run.nhwc:
             self._run(run, resume)
@@ -222,9 +229,11 @@ class Trainer:
         self.dist.sync_buffers(self.model)
         record = {"epoch": run.epoch + 1, "phase": phase.name, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": run.lrs()}
+        if run.mixer is not None:  # the cached warm-up trains on clean features
+            record["mix"] = "off (cached features)" if run.cached else run.mixer.label
         if run.val_loader is not None:
-            scores = self._validate(run)
-            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+            scores = validate(self, run)
+            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"], val_macro_f1=scores.get("macro_f1"))
             if run.ema is not None:
                 record["validated"] = "ema"
             if not math.isfinite(scores["loss"]):
@@ -233,14 +242,6 @@ class Trainer:
                                          "epoch is not saved")
         record["seconds"] = time.perf_counter() - began
         return record
-
-    def _validate(self, run: Run) -> dict[str, float | None]:
-        """Score what is kept (the model, or its EMA): the head alone on cached validation features."""
-        if not run.val_cached:
-            return evaluate(run.scored, run.val_loader, criterion=self.criterion, device=self.device,
-                            precision=self.precision, distributed=self.dist)
-        return evaluate(run.head_module(), run.val_cache.batches(run.val_loader), criterion=self.criterion,
-                        device=self.device, precision=self.precision)
 
     def lr_find(self, train_loader: Any, *, phase: str = "head", start_lr: float = 1e-7, end_lr: float = 1.0,
                 num_steps: int = 100, **options: Any) -> LRFindResult:
@@ -271,10 +272,10 @@ class Trainer:
                        **options)
 
     def evaluate(self, loader: Any) -> dict[str, float | None]:
-        """Mean loss and accuracy over every sample of ``loader``; see ``evaluation.evaluate``."""
+        """Mean loss, accuracy and macro-F1 over every sample of ``loader``; see ``evaluation.evaluate``."""
         with memory_layout(self.model, self.channels_last):
             return evaluate(self.model, loader, criterion=self.criterion, device=self.device,
-                            precision=self.precision, distributed=self.dist)
+                            precision=self.precision, distributed=self.dist, macro_f1=True)
 
     def predict(self, data: Any, *, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a tensor of images or a loader; see ``evaluation.predict``."""
