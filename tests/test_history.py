@@ -24,7 +24,7 @@ def test_records_have_the_documented_fields(history):
     assert len(history) == 3 and history[0]["epoch"] == 1 and history[-1]["phase"] == "finetune"
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert set(history[0]) == {"epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                               "lr", "seconds", "best"}
+                               "val_macro_f1", "lr", "seconds", "best"}
     assert [r["best"] for r in history].count(True) == 1 and history.best["best"] is True
     assert history.best["val_loss"] == min(r["val_loss"] for r in history)
     json.dumps(history.records())                    # plain values only

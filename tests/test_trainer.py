@@ -243,7 +243,7 @@ def test_exceptions_from_user_data_propagate_unchanged():
     ({"cache_features": 1}, TypeError, r"cache_features must be 'auto', True or False, got 1 \(int\)"),
     ({"freeze_bn": 1}, TypeError, r"freeze_bn must be True, False or 'early', got 1 \(int\)"),
     ({"restore_best": 1}, TypeError, r"restore_best must be True or False, got 1 \(int\)"),
-    ({"monitor": "accuracy"}, ValueError, r"monitor must be 'val_loss' or 'val_accuracy', got 'accuracy'"),
+    ({"monitor": "accuracy"}, ValueError, r"monitor must be 'val_loss', 'val_accuracy' or 'val_macro_f1', got 'accuracy'"),
     ({"patience": 0}, ValueError, r"patience must be an int >= 1, got 0"),
     ({"patience": 2}, ValueError, r"patience=2 needs a val_loader"),
     ({"strategy": "fine_tune_all"}, TypeError, r"strategy must be None or a Strategy"),

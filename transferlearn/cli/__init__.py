@@ -23,6 +23,7 @@ import torch
 from ..model.load import MissingWeightsError
 from ..ship.format import MAX_SIDE
 from . import commands as commands
+from . import lr_find as lr_find
 
 __all__ = ["USER_ERRORS", "main"]
 
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--different-domain", action="store_true", help="not ImageNet-like photos")
     rec.add_argument("--total-images", type=int, default=None)
     rec.set_defaults(run=commands.recommend)
+    lr_find.add_parser(sub)
     return parser
 
 

@@ -8,7 +8,8 @@ A callback is any object with one or more of these methods (it defines only thos
   when a run resumes inside a phase);
 - ``on_step_start(trainer, step)``: before each training batch's forward pass; the place to
   set ``trainer.optimizer.param_groups[i]["lr"]`` (learning-rate schedules);
-- ``on_step_end(trainer, step)``: after each optimizer step (``step.loss`` set);
+- ``on_step_end(trainer, step)``: after each batch's backward pass and, when it took one,
+  the optimizer step (``step.loss`` and ``step.stepped`` set);
 - ``on_epoch_end(trainer, record)``: after each epoch, with its history record (already in
   ``trainer.history``); setting ``record["stopped_early"] = True`` ends the phase;
 - ``on_fit_end(trainer, history)``: once, after the best weights are restored.
@@ -24,15 +25,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torch import nn
 
 from ..base import describe
 from . import checkpoint as ckpt
-from .recipe import Phase
 from .runtime import Progress
 from .selection import BestEpoch
+
+if TYPE_CHECKING:  # the recipe imports the step, which makes Steps: no import cycle at run time
+    from .recipe import Phase
 
 __all__ = ["HOOKS", "Step", "Hooks", "check_callbacks", "callback_states", "KeepBest", "EpochLine", "Checkpoints"]
 
@@ -48,12 +51,15 @@ class Step:
         epoch: the epoch, counted from 1 over the whole fit.
         batch: the batch within the epoch, counted from 0.
         loss: the batch's loss (``on_step_end`` only; ``None`` before the step).
+        stepped: ``on_step_end`` only: whether the optimizer stepped after this batch (with
+            ``fit(accumulate=N)`` it steps every N batches); ``None`` before the step.
     """
 
     phase: Phase
     epoch: int
     batch: int
     loss: float | None = None
+    stepped: bool | None = None
 
 
 def check_callbacks(callbacks: Any) -> list[Any]:

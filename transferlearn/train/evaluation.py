@@ -15,7 +15,7 @@ from ..model.anatomy import Anatomy, model_anatomy
 from .distributed import Distributed
 from .runtime import Precision
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "predict", "macro_f1_score"]
 
 
 def _split_outputs(out: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -69,6 +69,30 @@ class _Tally:
         return loss / count, None if correct < 0 else correct / count
 
 
+def _confusion(counts: torch.Tensor | None, logits: torch.Tensor, targets: torch.Tensor,
+               ignore: int | None = None) -> torch.Tensor | None:
+    """``counts`` (true class x predicted class, on the CPU) plus this batch's, without the
+    targets equal to ``ignore`` (the criterion's ignore_index); None for targets that are not
+    class indices."""
+    if targets.ndim != 1 or targets.is_floating_point() or logits.ndim != 2:
+        return None
+    if ignore is not None:
+        kept = targets != ignore
+        logits, targets = logits[kept], targets[kept]
+    n = logits.shape[1]
+    batch = torch.bincount((targets.long() * n + logits.argmax(1)).cpu(), minlength=n * n).view(n, n)
+    return batch if counts is None else counts + batch
+
+
+def macro_f1_score(confusion: torch.Tensor) -> float:
+    """The mean F1 over the classes that occur in the targets or the predictions (scikit-learn's
+    ``f1_score(average="macro")``) of a confusion matrix (rows: true class, columns: predicted)."""
+    confusion = confusion.double()
+    tp, true, predicted = confusion.diag(), confusion.sum(1), confusion.sum(0)
+    seen = (true + predicted) > 0
+    return float((2 * tp[seen] / (true[seen] + predicted[seen])).mean()) if bool(seen.any()) else 0.0
+
+
 def _eval_batches(model: nn.Module, loader: Any, device: torch.device, precision: Precision | None,
                   source: str = "loader") -> Iterator[tuple[torch.Tensor, Any]]:
     """``(logits, targets)`` per batch in eval mode; every module's mode restored after."""
@@ -82,8 +106,9 @@ def _eval_batches(model: nn.Module, loader: Any, device: torch.device, precision
 
 def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None,
              device: Any = None, precision: Precision | None = None,
-             distributed: Distributed | None = None, source: str = "loader") -> dict[str, float | None]:
-    """Mean loss and accuracy of ``model`` over every sample of ``loader``.
+             distributed: Distributed | None = None, source: str = "loader",
+             macro_f1: bool = False) -> dict[str, float | None]:
+    """Mean loss and accuracy of ``model`` over every sample of ``loader`` (and its macro-F1).
 
     Runs in eval mode (Dropout off, BatchNorm on running statistics) under
     ``torch.inference_mode()``, and puts every module back in the mode it had. The last,
@@ -100,6 +125,7 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
         distributed: under torchrun, each rank evaluates its share and the sums are
             reduced over ranks (the Trainer passes its own).
         source: what to call the loader in error messages (the Trainer adds phase and epoch).
+        macro_f1: also return ``"macro_f1"`` (``macro_f1_score``; None when targets are not class indices).
 
     Returns:
         ``{"loss": float, "accuracy": float or None}`` (None when targets are not class indices).
@@ -112,7 +138,7 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
     check_module("model", model)
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     device = run_device(model, device)
-    tally = _Tally(criterion)
+    tally, confusion = _Tally(criterion), None
     if distributed is not None:
         loader = distributed.shard_eval(loader)
     for step, (logits, targets) in enumerate(_eval_batches(model, loader, device, precision, source)):
@@ -123,8 +149,15 @@ def evaluate(model: nn.Module, loader: Any, *, criterion: Callable | None = None
             tally.add(float(criterion(logits, targets)), logits, targets)
         else:
             tally.add(0.0, logits, targets)   # every target is ignore_index: counts nothing
+        confusion = _confusion(confusion, logits, targets, tally.ignore) if macro_f1 and tally.correct is not None \
+            else None
     loss, accuracy = tally.result(f"{source} yielded no batches: nothing to evaluate", distributed)
-    return {"loss": loss, "accuracy": accuracy}
+    if not macro_f1:
+        return {"loss": loss, "accuracy": accuracy}
+    if confusion is not None and distributed is not None:
+        confusion = torch.tensor(distributed.sum(confusion.flatten().tolist())).view(confusion.shape)
+    return {"loss": loss, "accuracy": accuracy,
+            "macro_f1": None if accuracy is None or confusion is None else macro_f1_score(confusion)}
 
 
 def _num_outputs(model: nn.Module, anatomy: Anatomy | None = None, head: str | None = None) -> int:

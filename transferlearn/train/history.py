@@ -20,7 +20,7 @@ _LR = "lr:"
 
 class History(Sequence):
     """One plain-dict record per epoch: ``epoch``, ``phase``, ``train_loss``,
-    ``train_accuracy``, ``val_loss``, ``val_accuracy`` (when validating), ``lr`` (a dict of
+    ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``val_macro_f1`` (when validating), ``lr`` (a dict of
     group name -> learning rate) and ``seconds``. Every value is JSON-able.
     """
 

@@ -17,7 +17,9 @@ from ..model.freezing import set_phase
 from ..model.optim import backbone_lrs
 from .features import is_deterministic
 from .loaders import is_sequential, not_cacheable
+from .schedules import Schedule, as_schedule
 from .selection import MONITORS
+from .step import check_step_options
 from .strategy import Strategy
 
 __all__ = ["Phase", "Recipe", "DEFAULT", "use_feature_cache", "caching_plan"]
@@ -61,9 +63,11 @@ class Phase:
         cache: train on cached backbone features: ``"auto"`` (when the phase can and the data
             is deterministic), ``True`` (an error when it cannot) or ``False``. Only a phase
             that trains the head alone with BatchNorm pinned can.
+        schedule: how the rates move over the phase's optimizer steps: a ``Schedule``, or a
+            kind (``"constant"``, ``"cosine"``, ``"one_cycle"``) or callable made one.
 
     Example:
-        >>> Phase("finetune", epochs=3, trains=2, backbone_lr=1e-4, freeze_bn="early")
+        >>> Phase("finetune", epochs=3, trains=2, backbone_lr=1e-4, freeze_bn="early", schedule="cosine")
     """
 
     name: str
@@ -73,6 +77,7 @@ class Phase:
     backbone_lr: BackboneLR = None
     freeze_bn: bool | str = True
     cache: bool | str = "auto"
+    schedule: Schedule = Schedule()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -86,6 +91,7 @@ class Phase:
             backbone_lrs(self.backbone_lr, 2)  # the checks of param_groups, now
         check_choice("freeze_bn", self.freeze_bn, (True, False, "early"))
         check_choice("cache", self.cache, ("auto", True, False))
+        object.__setattr__(self, "schedule", as_schedule(self.schedule))
         if self.cache is True and not self.cacheable:
             raise ValueError(f"Phase {self.name!r}: cache=True needs a phase that trains the head alone "
                              f"(trains='head') with BatchNorm pinned (freeze_bn=True), got trains={self.trains!r}, "
@@ -132,9 +138,16 @@ class Recipe:
     Attributes:
         phases: the ``Phase``s, run top to bottom.
         weight_decay: decay of weight matrices and kernels (``param_groups``).
-        monitor: ``"val_loss"`` or ``"val_accuracy"``, ranks the epochs (``selection``).
+        monitor: ``"val_loss"``, ``"val_accuracy"`` or ``"val_macro_f1"``: ranks the epochs.
         patience: end a phase after this many epochs without a new best (None: never).
         restore_best: end with the weights of the best validated epoch.
+        accumulate: the optimizer steps every ``accumulate`` batches, on their mean gradient.
+        ema: decay of an exponential moving average of the weights (None: off); the EMA is
+            what validates and what ``fit`` ends with.
+        label_smoothing: of the training loss (``nn.CrossEntropyLoss``'s own).
+        mixup: Beta(alpha, alpha) of MixUp on the uncached phases (0: off).
+        cutmix: Beta(alpha, alpha) of CutMix on the uncached phases (0: off).
+        balance: ``None`` or ``"loss"``: class weights ``N / (C * count)`` in the training loss.
 
     Example:
         >>> Recipe((Phase("warmup", 2, trains="head"), Phase("finetune", 3))).epochs
@@ -146,6 +159,12 @@ class Recipe:
     monitor: str = "val_loss"
     patience: int | None = None
     restore_best: bool = True
+    accumulate: int = 1
+    ema: float | None = None
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    balance: str | None = None
     plan: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +174,7 @@ class Recipe:
         if self.patience is not None:
             check_int("patience", self.patience, minimum=1)
         check_choice("restore_best", self.restore_best, (True, False))
+        check_step_options(self)
         plan = tuple(i for i, p in enumerate(self.phases) for _ in range(p.epochs))
         object.__setattr__(self, "plan", plan)  # the phase of each epoch, by index
 
@@ -179,10 +199,10 @@ class Recipe:
 
     @classmethod
     def from_fit(cls, strategy: Strategy | None = None, phases: Sequence[Phase] | None = None, *,
-                 cache_features: Any = "auto", weight_decay: Any = DEFAULT, monitor: str = "val_loss",
-                 patience: int | None = None, restore_best: bool = True, **given: Any) -> "Recipe":
+                 cache_features: Any = "auto", weight_decay: Any = DEFAULT, **given: Any) -> "Recipe":
         """The recipe of ``Trainer.fit``'s arguments: defaults, overridden by ``strategy``'s
         settings, overridden by the arguments given (those not ``DEFAULT``); or ``phases``.
+        ``given`` holds the phases' settings (``two_phases``) and the recipe's other fields.
 
         Raises:
             TypeError, ValueError: a bad argument, named as ``fit`` names it.
@@ -191,8 +211,8 @@ class Recipe:
             raise TypeError(f"strategy must be None or a Strategy (see recommend_strategy), got {describe(strategy)}")
         check_choice("cache_features", cache_features, ("auto", True, False))
         given = {k: v for k, v in given.items() if v is not DEFAULT}
-        wd = 0.0 if weight_decay is DEFAULT else weight_decay
-        common = dict(weight_decay=wd, monitor=monitor, patience=patience, restore_best=restore_best)
+        common = {k: given.pop(k) for k in list(given) if k in _FIELDS}
+        common["weight_decay"] = 0.0 if weight_decay is DEFAULT else weight_decay
         if phases is not None:
             extra = sorted(given) + (["strategy"] if strategy is not None else []) + \
                 (["cache_features"] if cache_features != "auto" else [])
@@ -204,10 +224,14 @@ class Recipe:
         return cls(two_phases(cache_features=cache_features, **settings), **common)
 
 
+_FIELDS = ("monitor", "patience", "restore_best", "accumulate", "ema", "label_smoothing", "mixup", "cutmix",
+           "balance")  # Recipe fields fit passes through
+
+
 def two_phases(*, warmup_epochs: int = 2, finetune_epochs: int | Sequence[int] = 3, head_lr: float = 1e-3,
                backbone_lr: BackboneLR = None, freeze_bn: bool | str = True,
-               unfreeze: int | None | Sequence[int | None] = None,
-               cache_features: bool | str = "auto") -> tuple[Phase, ...]:
+               unfreeze: int | None | Sequence[int | None] = None, cache_features: bool | str = "auto",
+               schedule: Any = "constant", warmup_steps: int = 0) -> tuple[Phase, ...]:
     """The phases of ``fit``'s keyword arguments (their defaults are here, once): a head warm-up,
     then one fine-tune phase, or one per entry of an ``unfreeze`` tuple (gradual unfreezing;
     ``finetune_epochs`` then an int for each, or a tuple with one count per entry)."""
@@ -219,11 +243,12 @@ def two_phases(*, warmup_epochs: int = 2, finetune_epochs: int | Sequence[int] =
     check_choice("freeze_bn", freeze_bn, (True, False, "early"))
     check_float("head_lr", head_lr, strict=True)
     gradual = isinstance(unfreeze, (tuple, list))
+    schedule = as_schedule(schedule, warmup_steps)
     warmup = Phase("warmup", warmup_epochs, trains="head", head_lr=head_lr, backbone_lr=backbone_lr,
-                   cache=cache_features)
+                   cache=cache_features, schedule=schedule)
     tuned = [Phase(f"finetune:{'all' if n is None else f'last{n}'}" if gradual else "finetune", e,
                    trains="all" if n is None else n, head_lr=head_lr, backbone_lr=backbone_lr,
-                   freeze_bn=freeze_bn, cache=False) for n, e in zip(steps, epochs)]
+                   freeze_bn=freeze_bn, cache=False, schedule=schedule) for n, e in zip(steps, epochs)]
     return (warmup, *tuned)
 
 

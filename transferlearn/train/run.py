@@ -12,12 +12,16 @@ from torch import nn
 from ..model.anatomy import anatomy
 from ..model.optim import param_groups
 from . import checkpoint as ckpt
+from .balance import class_weights, loader_labels
 from .callbacks import Checkpoints, EpochLine, Hooks, KeepBest, check_callback_states, load_callback_states
+from .ema import WeightEMA
 from .feature_cache import FeatureCache, warmup_caches
 from .history import History
 from .loaders import loader_generators
+from .mixing import Mixer, num_classes, training_criterion
 from .recipe import Phase, Recipe, caching_plan
 from .runtime import set_rng_state
+from .schedules import LRSchedule
 from .selection import BestEpoch
 
 __all__ = ["Run"]
@@ -44,14 +48,19 @@ class Run:
         self.best = BestEpoch(recipe.monitor, recipe.patience, validating=val_loader is not None)
         self.train_loader = train_loader
         self.scaler = trainer.precision.scaler
-        self.callbacks = trainer.callbacks
         self.history, self.epoch, self.nhwc = History(), 0, False
         self.optimizer: torch.optim.Optimizer | None = None
         self.generators: list[torch.Generator] = []
-        built_in: list[Any] = [KeepBest(self.best, self.model)] if val_loader is not None else []
-        self.hooks = Hooks(trainer, built_in + [EpochLine(trainer.progress, recipe.epochs)] + trainer.callbacks)
+        self._loss_options(trainer)
+        self.ema = None if recipe.ema is None else WeightEMA(self.model, recipe.ema)
+        self.scored = self.model if self.ema is None else self.ema.module  # what validates and is kept
+        stateful = self._built_in_stateful()  # saved in checkpoints before the user's callbacks
+        self.callbacks = stateful + list(trainer.callbacks)
+        built_in: list[Any] = [KeepBest(self.best, self.scored)] if val_loader is not None else []
+        self.hooks = Hooks(trainer, built_in + stateful + [EpochLine(trainer.progress, recipe.epochs)] +
+                           trainer.callbacks)
         self.checkpoints = None if trainer.checkpoint_dir is None else \
-            Checkpoints(trainer.checkpoint_dir, trainer.callbacks)
+            Checkpoints(trainer.checkpoint_dir, self.callbacks)
         # the current phase: its index, what a step runs, what the optimizer moves, the caches
         self.entered: int | None = None
         self.forward: nn.Module = self.model
@@ -62,6 +71,43 @@ class Run:
         self.cached = self.val_cached = self.cache_failed = False
         self._rates: dict[tuple[Any, Any], list[float]] = {}
         self._head: nn.Module | None = None
+
+    def _loss_options(self, trainer: Any) -> None:
+        """Check the loss options now (the class weights are counted when the first phase starts)."""
+        r, self.criterion = self.recipe, None
+        classes = num_classes(self.model, **self.structure) if r.mixup or r.cutmix or r.balance else 0
+        self.mixer = Mixer(r.mixup, r.cutmix, classes) if r.mixup or r.cutmix else None
+        self._criterion_args = (trainer.criterion, r.label_smoothing, classes, trainer.criterion_given)
+        training_criterion(trainer.criterion, label_smoothing=r.label_smoothing, user=trainer.criterion_given,
+                           weight=torch.ones(classes) if r.balance else None)
+
+    def _train_criterion(self, device: Any) -> Any:
+        criterion, smoothing, classes, user = self._criterion_args
+        weight = class_weights(loader_labels(self.train_loader, self.cache), classes).to(device) \
+            if self.recipe.balance == "loss" else None
+        return training_criterion(criterion, label_smoothing=smoothing, weight=weight, user=user)
+
+    def _built_in_stateful(self) -> list[Any]:
+        """The built-in callbacks with state this recipe needs: the schedule when a phase's moves
+        the rates, the EMA."""
+        found: list[Any] = []
+        if self.recipe.accumulate > 1:
+            self.steps_per_epoch("accumulate")  # a loader without a length fails now, not at the phase
+        if any(p.schedule.moves and p.epochs for p in self.recipe.phases):
+            self.steps_per_epoch()
+            found.append(LRSchedule(self.rates, self.steps_per_epoch))
+        return found + ([self.ema] if self.ema is not None else [])
+
+    def steps_per_epoch(self, why: str = "schedule") -> int:
+        """Optimizer steps in one epoch of the (sharded) training loader."""
+        try:
+            batches = len(self.train_loader)
+        except TypeError:
+            what = "a learning-rate schedule" if why == "schedule" else f"accumulate={self.recipe.accumulate}"
+            raise ValueError(f"{what} needs a train_loader with a length (len(train_loader)) to count each "
+                             f"epoch's steps; use {why}={'constant' if why == 'schedule' else 1!r} with this "
+                             "loader") from None
+        return -(-batches // self.recipe.accumulate)
 
     def start(self, make_optimizer: Any, train_loader: Any) -> None:
         """Build the one optimizer of the fit (over every parameter, at the first phase's
@@ -124,8 +170,9 @@ class Run:
         return [[name, n, lr, wd] for (name, n, _, wd), lr in zip(ckpt.optimizer_layout(self.optimizer), rates)]
 
     def head_module(self) -> nn.Module:
+        """The head of what validates (the model, or its EMA)."""
         if self._head is None:
-            self._head = self.model.get_submodule(self.anatomy.head)
+            self._head = self.scored.get_submodule(self.anatomy.head)
         return self._head
 
     def lrs(self) -> dict[str, float]:
@@ -149,6 +196,8 @@ class Run:
             self.val_cache = valid if need_val else self.val_cache
         self.cached = use and self.cache is not None
         self.val_cached = val and self.val_cache is not None
+        if self.criterion is None:  # the class weights from the cache's labels when there is one
+            self.criterion = self._train_criterion(kwargs["device"])
 
     def batches(self) -> tuple[Any, int | None]:
         """The epoch's batches (replayed from the cache when the phase has it) and their count."""

@@ -3,7 +3,8 @@
 ``fit`` ends with the weights of the epoch that validated best, not merely the last one.
 The metric is ``monitor``: ``"val_loss"`` (lower is better, the default) or
 ``"val_accuracy"`` (higher is better; equal accuracies are decided by the lower
-``val_loss``). An epoch counts as better only when it is strictly better, so among equal
+``val_loss``; ``"val_macro_f1"``, the mean F1 over classes, likewise: for imbalanced data).
+An epoch counts as better only when it is strictly better, so among equal
 epochs the earliest is kept. A non-finite validation score never counts as best.
 With ``patience=N`` a phase ends after N epochs in a row of that phase without a new best;
 the next phase (fine-tuning after warm-up) still runs.
@@ -21,7 +22,7 @@ from ..base import check_choice, check_int
 
 __all__ = ["BestEpoch", "MONITORS"]
 
-MONITORS = ("val_loss", "val_accuracy")
+MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")
 
 
 def _key(record: dict[str, Any], monitor: str) -> tuple[float, float] | None:
@@ -31,10 +32,11 @@ def _key(record: dict[str, Any], monitor: str) -> tuple[float, float] | None:
         return None
     if monitor == "val_loss":
         return (loss, 0.0)
-    if acc is None:
-        raise ValueError("monitor='val_accuracy' needs class-index targets in val_loader "
-                         "(its accuracy is None); use monitor='val_loss'")
-    return (-acc, loss)
+    score = acc if monitor == "val_accuracy" else record.get("val_macro_f1")
+    if score is None:
+        raise ValueError(f"monitor={monitor!r} needs class-index targets in val_loader "
+                         f"(its {monitor[4:].replace('_', '-')} is None); use monitor='val_loss'")
+    return (-score, loss)
 
 
 class BestEpoch:

@@ -18,17 +18,18 @@ import torch
 from torch import nn
 
 from ..base import check_bool, check_float, check_head_name, check_module, check_seed, describe
-from ..data.batches import check_targets, split_batch
 from ..model.heads import find_head
 from . import checkpoint as ckpt
-from .callbacks import Step, check_callbacks
+from .callbacks import check_callbacks
 from .distributed import Distributed
-from .evaluation import _split_outputs, _Tally, evaluate, predict
+from .evaluation import evaluate, predict
 from .feature_cache import cached_step_module
 from .history import History
+from .lr_find import LRFindResult, lr_find
 from .recipe import DEFAULT, Phase, Recipe
 from .run import Run
 from .runtime import Precision, Progress, memory_layout, pick_device, seed_everything, use_channels_last
+from .step import check_weights, train_epoch, validate
 from .strategy import Strategy
 
 __all__ = ["Trainer"]
@@ -92,6 +93,7 @@ class Trainer:
             raise TypeError(f"checkpoint_dir must be None or a folder path, got {describe(checkpoint_dir)}")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.criterion_given = criterion is not None
         self.make_optimizer = optimizer if optimizer is not None else torch.optim.AdamW
         self.aux_weight = check_float("aux_weight", aux_weight)
         self.callbacks = check_callbacks(callbacks)
@@ -103,7 +105,9 @@ class Trainer:
             weight_decay: float = DEFAULT, freeze_bn: bool | str = DEFAULT, unfreeze: int | None = DEFAULT,
             cache_features: bool | str = "auto", strategy: Strategy | None = None,
             resume: bool | str | Path = False, monitor: str = "val_loss", patience: int | None = None,
-            restore_best: bool = True, phases: Sequence[Phase] | None = None) -> History:
+            restore_best: bool = True, phases: Sequence[Phase] | None = None, schedule: Any = DEFAULT,
+            warmup_steps: int = DEFAULT, accumulate: int = 1, ema: float | None = None, label_smoothing: float = 0.0,
+            mixup: float = 0.0, cutmix: float = 0.0, balance: str | None = None) -> History:
         """Run the recipe's phases (by default: warm the head up, then fine-tune); return the history.
 
         A ``strategy`` supplies the recipe's settings; arguments given explicitly win over it.
@@ -122,10 +126,19 @@ class Trainer:
             cache_features: warm up on cached features: ``"auto"``, True or False.
             strategy: a ``Strategy`` (``recommend_strategy``).
             resume: True (``checkpoint_dir/last.pt``) or a checkpoint path; checked first.
-            monitor: ``"val_loss"`` or ``"val_accuracy"``, ranks the epochs.
+            monitor: ``"val_loss"``, ``"val_accuracy"`` or ``"val_macro_f1"``: ranks the epochs.
             patience: end a phase after this many epochs without a new best.
             restore_best: end with the best epoch's weights (default True).
             phases: ``[Phase(...), ...]`` instead of the epoch/rate/freezing arguments above.
+            schedule: every phase's rates per optimizer step: ``"constant"`` (default),
+                ``"cosine"``, ``"one_cycle"``, a ``Schedule`` or a callable (docs/recipe.md).
+            warmup_steps: linear warm-up steps at the start of each phase (default 0).
+            accumulate: step the optimizer every N batches, on their mean gradient (default 1).
+            ema: decay of a moving average of the weights (e.g. 0.999): it validates, and is kept.
+            label_smoothing: of the training loss (``nn.CrossEntropyLoss``'s), e.g. 0.1.
+            mixup: MixUp's alpha on the phases that read images (not the cached warm-up).
+            cutmix: CutMix's alpha, likewise (with both, one of the two per batch).
+            balance: ``"loss"``: class weights ``N / (C * count)`` in the training loss.
 
         Returns:
             The ``History`` (also ``trainer.history``); with validation the best epoch's record
@@ -146,7 +159,9 @@ class Trainer:
         recipe = Recipe.from_fit(strategy, phases, cache_features=cache_features, weight_decay=weight_decay,
                                  monitor=monitor, patience=patience, restore_best=restore_best,
                                  warmup_epochs=warmup_epochs, finetune_epochs=finetune_epochs, head_lr=head_lr,
-                                 backbone_lr=backbone_lr, freeze_bn=freeze_bn, unfreeze=unfreeze)
+                                 backbone_lr=backbone_lr, freeze_bn=freeze_bn, unfreeze=unfreeze,
+                                 schedule=schedule, warmup_steps=warmup_steps, accumulate=accumulate, ema=ema,
+                                 label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, balance=balance)
         run = Run(self, recipe, train_loader, val_loader)
         with memory_layout(self.model, self.channels_last) as run.nhwc:
             self._run(run, resume)
@@ -167,7 +182,7 @@ class Trainer:
                 self._enter_phase(run, run.recipe.plan[run.epoch])
             self.dist.set_epoch(run.train_loader, run.epoch)
             record = self._epoch(run)
-            self._check_weights(run, record)
+            check_weights(run, record)
             run.history.append(record)
             run.hooks("on_epoch_end", run.history[-1])  # the best epoch, patience, progress, yours
             run.epoch = run.next_epoch()
@@ -176,11 +191,14 @@ class Trainer:
             self._enter_phase(run, run.recipe.plan[-1], resumed=True)
 
     def _finish(self, run: Run) -> None:
-        best = run.best
+        best, restored = run.best, False
         if best.epoch is not None:
             run.history.mark_best(best.epoch)
             if run.recipe.restore_best and run.val_loader is not None and best.state is not None:
                 self.model.load_state_dict(best.state)
+                restored = True
+        if run.ema is not None and not restored:  # the average is the model a fit with ema gives back
+            self.model.load_state_dict(run.ema.module.state_dict())
         self.model.eval()  # ready for inference: no one forgets eval() after fit
         self.history = run.history
         run.hooks("on_fit_end", run.history)
@@ -211,13 +229,17 @@ class Trainer:
         began = time.perf_counter()
         phase = run.phase
         where = f"epoch {run.epoch + 1}/{run.recipe.epochs} {phase.name}"
-        loss, accuracy = self._train_epoch(run, phase, where)
+        loss, accuracy = train_epoch(self, run, phase, where)
         self.dist.sync_buffers(self.model)
         record = {"epoch": run.epoch + 1, "phase": phase.name, "train_loss": loss, "train_accuracy": accuracy,
                   "lr": run.lrs()}
+        if run.mixer is not None:  # the cached warm-up trains on clean features
+            record["mix"] = "off (cached features)" if run.cached else run.mixer.label
         if run.val_loader is not None:
-            scores = self._validate(run, where)
-            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+            scores = validate(self, run, where)
+            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"], val_macro_f1=scores.get("macro_f1"))
+            if run.ema is not None:
+                record["validated"] = "ema"
             if not math.isfinite(scores["loss"]):
                 raise FloatingPointError(f"non-finite validation loss {scores['loss']} in {where}: val_loader yields "
                                          "NaN/inf inputs, or the model gives them on it; the run stops and this "
@@ -225,88 +247,40 @@ class Trainer:
         record["seconds"] = time.perf_counter() - began
         return record
 
-    def _validate(self, run: Run, where: str) -> dict[str, float | None]:
-        if not run.val_cached:
-            return self.evaluate(run.val_loader, source=f"val_loader, {where}")
-        return evaluate(run.head_module(), run.val_cache.batches(run.val_loader), criterion=self.criterion,
-                        device=self.device, precision=self.precision, source=f"val_loader, {where}")
+    def lr_find(self, train_loader: Any, *, phase: str = "head", start_lr: float = 1e-7, end_lr: float = 1.0,
+                num_steps: int = 100, **options: Any) -> LRFindResult:
+        """The learning-rate range test; leaves the model, optimizer and every random state as it found them.
 
-    def _train_epoch(self, run: Run, phase: Phase, where: str) -> tuple[float, float | None]:
-        run.running.train()  # on cached features only the head runs; the backbone's modes do not matter
-        batches, total = run.batches()
-        stepping = run.hooks.has("on_step_start") or run.hooks.has("on_step_end")
-        tally = _Tally(self.criterion)
-        for step, batch in enumerate(self.progress.batches(batches, total, where)):
-            inputs, targets = split_batch(batch, source="train_loader")
-            if targets is None:
-                raise ValueError("train_loader must yield (inputs, targets) batches")
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            if run.nhwc and inputs.ndim == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            if stepping:
-                run.hooks("on_step_start", Step(phase, run.epoch + 1, step))
-            logits, loss = self._loss(run, inputs, targets, f"train_loader, {where}, batch {step + 1}")
-            if loss is None:  # every target is ignore_index: nothing to learn, no step
-                tally.add(0.0, logits, targets)
-                continue
-            value = float(loss.detach())
-            self._check_finite(math.isfinite(value), f"loss {value}", where, step)
-            self._step(run, loss, where, step)
-            tally.add(value, logits, targets)
-            if stepping:
-                run.hooks("on_step_end", Step(phase, run.epoch + 1, step, value))
-        return tally.result("train_loader yielded no batches", self.dist)
+        Args:
+            train_loader: training batches (cycled when shorter than ``num_steps``).
+            phase: ``"head"`` (the warm-up: on cached features when the recipe caches) or
+                ``"finetune"`` (the backbone too, BatchNorm as the recipe sets it).
+            start_lr: the head's first rate (exponential steps; the other groups keep their
+                recipe ratio to the head, e.g. backbone = head / 10).
+            end_lr: the head's last rate.
+            num_steps: optimizer steps (fewer when the loss diverges).
+            **options: ``diverge`` (4), ``smoothing`` (0.98), ``strategy`` and ``fit``'s recipe
+                arguments (``backbone_lr``, ``freeze_bn``, ``unfreeze``...); see docs/recipe.md.
 
-    def _loss(self, run: Run, inputs: torch.Tensor, targets: torch.Tensor,
-              where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The batch's logits and loss, its targets checked first (``check_targets``); the loss is
-        None when every target is the criterion's ``ignore_index`` (under torchrun the ranks
-        step together, so such a batch still steps there)."""
-        with self.precision.autocast():
-            logits, aux = _split_outputs(run.forward(inputs))
-            if not check_targets(targets, logits, criterion=self.criterion, where=where) and not self.dist.enabled:
-                return logits, None
-            loss = self.criterion(logits, targets)
-            if aux:  # inception_v3 / googlenet in train mode
-                loss = loss + sum(self.aux_weight * self.criterion(a, targets) for a in aux)
-        return logits, loss
+        Returns:
+            An ``LRFindResult``: ``.lrs``, ``.losses`` (smoothed), ``.suggestion``, ``.plot(path)``.
 
-    def _step(self, run: Run, loss: torch.Tensor, where: str, step: int) -> None:
-        """Backward, optional clipping (a non-finite norm stops the run unless a GradScaler is
-        handling fp16 overflow), optimizer step."""
-        run.optimizer.zero_grad(set_to_none=True)
-        scaler = self.precision.scaler
-        scaler.scale(loss).backward()
-        if self.grad_clip is not None:
-            scaler.unscale_(run.optimizer)
-            norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in run.trainable], self.grad_clip))
-            self._check_finite(math.isfinite(norm) or scaler.is_enabled(), f"gradient norm {norm}", where, step)
-        scaler.step(run.optimizer)
-        scaler.update()
+        Raises:
+            TypeError, ValueError: a bad option, or a loader without (inputs, targets) batches.
 
-    def _check_finite(self, finite: bool, what: str, where: str, step: int) -> None:
-        if not self.dist.all_true(finite):
-            last = None if self.checkpoint_dir is None else self.checkpoint_dir / ckpt.LAST
-            kept = f"; {last} still holds the last good epoch" if last is not None and last.exists() else ""
-            raise FloatingPointError(
-                f"non-finite {what if finite is False else 'value on another rank'} in {where}, batch {step + 1}: "
-                f"the run stops before the optimizer step{kept}. Look for NaN/inf in the inputs or targets, or "
-                "lower the learning rate (or set grad_clip)")
-
-    def _check_weights(self, run: Run, record: dict[str, Any]) -> None:
-        # only the optimizer moves weights, and only trainable ones (frozen ones cannot have changed)
-        bad = [n for n, p in run.trainable if not bool(torch.isfinite(p).all())]
-        if bad:
-            raise FloatingPointError(f"non-finite weights after epoch {record['epoch']} ({', '.join(bad[:3])}); "
-                                     "the run stops and no checkpoint is written. Lower the learning rate "
-                                     "or set grad_clip")
+        Example:
+            >>> result = trainer.lr_find(train_loader)
+            >>> history = trainer.fit(train_loader, val_loader, head_lr=result.suggestion)
+        """
+        return lr_find(self, train_loader, phase=phase, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+                       **options)
 
     def evaluate(self, loader: Any, *, source: str = "loader") -> dict[str, float | None]:
-        """Mean loss and accuracy over every sample of ``loader`` (``source`` names it in errors);
-        see ``evaluation.evaluate``."""
+        """Mean loss, accuracy and macro-F1 over every sample of ``loader`` (``source`` names it
+        in errors); see ``evaluation.evaluate``."""
         with memory_layout(self.model, self.channels_last):
             return evaluate(self.model, loader, criterion=self.criterion, device=self.device,
-                            precision=self.precision, distributed=self.dist, source=source)
+                            precision=self.precision, distributed=self.dist, source=source, macro_f1=True)
 
     def predict(self, data: Any, *, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a tensor of images or a loader; see ``evaluation.predict``."""
