@@ -16,13 +16,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ..base import atomic_write, check_bool, check_int, check_path, describe, eval_mode, run_device
-from ..data.batches import split_batch
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
-from ..model.data_config import data_config
+from ..base import atomic_write, check_bool, check_int, check_path, run_device
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ._scoring import Worst, dataset_of, known_order, run_model, sample_path, scores, setup
 from .classifier import Classifier
 
 __all__ = ["ClassificationReport", "classification_report"]
@@ -164,114 +162,6 @@ def _save_png(figure: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
 
 
-def _dataset_of(data: Any) -> Any:
-    return data.dataset if isinstance(data, DataLoader) else data
-
-
-def _known_order(data: Any) -> bool:
-    """Position in the iteration is the dataset index: a Dataset, or a loader read in order."""
-    if not isinstance(data, DataLoader):
-        return True
-    batches = data.batch_sampler
-    return isinstance(data.sampler, SequentialSampler) and (
-        batches is None or (type(batches) is BatchSampler and batches.sampler is data.sampler))
-
-
-def _sample_path(dataset: Any, index: int) -> str | None:
-    while isinstance(dataset, Subset):
-        dataset, index = dataset.dataset, int(dataset.indices[index])
-    samples = getattr(dataset, "samples", None)
-    if not isinstance(samples, Sequence) or index >= len(samples):
-        return None
-    sample = samples[index]
-    path = sample[0] if isinstance(sample, (tuple, list)) else sample
-    return str(path) if isinstance(path, (str, os.PathLike)) else None
-
-
-def _dataset_attr(dataset: Any, name: str) -> Any:
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return getattr(dataset, name, None)
-
-
-def _setup(model_or_classifier: Any, data: Any, classes: Any) -> tuple[nn.Module, Any, tuple[list, list]]:
-    """The model, the class names (or None: numbered later) and the normalisation statistics."""
-    dataset = _dataset_of(data)
-    transform = _dataset_attr(dataset, "transform")
-    if isinstance(model_or_classifier, Classifier):
-        model, own, transform = model_or_classifier.model, model_or_classifier.classes, model_or_classifier.transform
-        if classes is not None and tuple(classes) != own:
-            raise ValueError(f"classes={describe(classes)} differ from the classifier's own {list(own)}")
-        classes = own
-    elif isinstance(model_or_classifier, nn.Module):
-        model = model_or_classifier
-    else:
-        raise TypeError(f"model_or_classifier must be an nn.Module or a Classifier, got "
-                        f"{describe(model_or_classifier)}")
-    if not isinstance(data, (Dataset, DataLoader)):
-        raise TypeError(f"data must be a torch Dataset or DataLoader yielding (image, label), got {describe(data)}")
-    data_classes = _dataset_attr(dataset, "classes")
-    if classes is None:
-        classes = data_classes
-    elif data_classes is not None and list(data_classes) != list(classes):
-        raise ValueError(f"the data's classes {list(data_classes)} are not the model's {list(classes)} "
-                         "(same names in the same order); its labels would be read as the wrong classes")
-    if classes is not None and (isinstance(classes, str) or len(set(classes)) != len(classes)
-                                or not all(isinstance(c, str) for c in classes)):
-        raise ValueError(f"classes must be unique class-name strings, got {describe(classes)}")
-    if isinstance(transform, ImagePreprocess):
-        stats = (transform.mean, transform.std)
-    else:  # the statistics the model's own weights expect (its anatomy's data config)
-        config = data_config(model)
-        stats = (list(config.mean), list(config.std))
-    return model, (tuple(classes) if classes is not None else None), stats
-
-
-class _Worst:
-    """The ``k`` highest-loss wrong samples seen so far, with their inputs."""
-
-    def __init__(self, k: int) -> None:
-        self.k, self.rows = k, []
-
-    def add(self, offset: int, inputs: torch.Tensor, losses: torch.Tensor, wrong: torch.Tensor) -> None:
-        for i in wrong.nonzero().flatten().tolist():
-            self.rows.append((float(losses[i]), offset + i, inputs[i].detach().cpu().clone()))
-        self.rows = sorted(self.rows, key=lambda r: (-r[0], r[1]))[:self.k]
-
-
-def _run(model: nn.Module, loader: Any, device: torch.device, worst: _Worst) -> tuple[torch.Tensor, ...]:
-    """Targets, probabilities and per-sample losses over the whole data, in order."""
-    targets, probs, losses, offset = [], [], [], 0
-    with eval_mode(model), torch.inference_mode():
-        for batch in loader:
-            inputs, y = split_batch(batch, source="data")
-            if y is None:
-                raise ValueError("data must yield (image, label) pairs; it yielded images without labels")
-            out = model(inputs.to(device))
-            logits = (out.logits if hasattr(out, "logits") else out).float().cpu()
-            y = y.cpu().long()
-            if y.ndim != 1 or (len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1])):
-                raise ValueError(f"labels must be class indices in [0, {logits.shape[1] - 1}], got "
-                                 f"{describe(y.tolist())}")
-            loss = F.cross_entropy(logits, y, reduction="none")
-            worst.add(offset, inputs, loss, logits.argmax(1) != y)
-            targets.append(y), probs.append(logits.softmax(1)), losses.append(loss)
-            offset += len(y)
-    if offset == 0:
-        raise ValueError("data is empty: nothing to report on")
-    return torch.cat(targets), torch.cat(probs), torch.cat(losses)
-
-
-def _scores(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Precision, recall, F1 per class from a confusion matrix (0 where undefined)."""
-    tp = cm.diag().double()
-    precision = torch.where(cm.sum(0) > 0, tp / cm.sum(0).clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(cm.sum(1) > 0, tp / cm.sum(1).clamp(min=1), torch.zeros_like(tp))
-    total = precision + recall
-    f1 = torch.where(total > 0, 2 * precision * recall / total.clamp(min=1e-300), torch.zeros_like(tp))
-    return precision, recall, f1
-
-
 def classification_report(model_or_classifier: nn.Module | Classifier, data: Dataset | DataLoader,
                           classes: Sequence[str] | None = None, *, top_losses: int = 9,
                           batch_size: int = 64, device: Any = None) -> ClassificationReport:
@@ -309,23 +199,23 @@ def classification_report(model_or_classifier: nn.Module | Classifier, data: Dat
     """
     check_int("top_losses", top_losses, minimum=0)
     check_int("batch_size", batch_size, minimum=1)
-    model, names, stats = _setup(model_or_classifier, data, classes)
+    model, names, stats = setup(model_or_classifier, data, classes)
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
-    worst = _Worst(top_losses)
-    targets, probs, losses = _run(model, loader, run_device(model, device), worst)
+    worst = Worst(top_losses)
+    targets, probs, losses = run_model(model, loader, run_device(model, device), worst)
     n = probs.shape[1]
     names = names if names is not None else tuple(str(i) for i in range(n))
     if len(names) != n:
         raise ValueError(f"the model gives {n} outputs but classes has {len(names)} names")
     predicted = probs.argmax(1)
     cm = torch.bincount(targets * n + predicted, minlength=n * n).reshape(n, n)
-    precision, recall, f1 = _scores(cm)
+    precision, recall, f1 = scores(cm)
     support = cm.sum(1)
     rows = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                 "support": int(support[i])} for i, c in enumerate(names)}
     weights = support.double() / support.sum()
-    known = _known_order(data)
-    top = [{"index": i, "path": _sample_path(_dataset_of(data), i) if known else None,
+    known = known_order(data)
+    top = [{"index": i, "path": sample_path(dataset_of(data), i) if known else None,
             "true": names[int(targets[i])], "predicted": names[int(predicted[i])], "loss": loss,
             "probability": float(probs[i, predicted[i]])} for loss, i, _ in worst.rows]
     return ClassificationReport(
