@@ -11,6 +11,7 @@ from transferlearn import Trainer
 from transferlearn.train.checkpoint import LAST, load_checkpoint
 from transferlearn.train.recipe import Recipe
 
+from .interrupts import Interrupt, StopAt
 from .test_schedules import Rates, torch_rates
 from .test_trainer import model, separable
 
@@ -133,17 +134,6 @@ def test_the_ema_validates_is_kept_and_leaves_pinned_statistics_bitwise():
     assert (again["loss"], again["accuracy"]) == (best.best["val_loss"], best.best["val_accuracy"])
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAt:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, record):
-        if record["epoch"] == self.epoch:
-            raise Interrupt
 
 
 def combined_run(path, stop=None, resume=False, cache="auto"):

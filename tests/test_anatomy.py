@@ -166,7 +166,9 @@ def test_custom_models_keep_the_generic_rule(tiny):
     assert [n for n, _ in layer_groups(mlp)] == ["0", "2+3", "4"]
 
 
-def test_one_derivation_serves_every_consumer(monkeypatch, tiny):
+@pytest.fixture
+def derivations(monkeypatch) -> dict[str, int]:
+    """How often the anatomy finds a head and splits stages, from now on."""
     calls = {"find_head": 0, "stages": 0}
 
     def spy(name, fn):
@@ -176,6 +178,11 @@ def test_one_derivation_serves_every_consumer(monkeypatch, tiny):
         return counted
     monkeypatch.setattr(anatomy_module, "find_head", spy("find_head", anatomy_module.find_head))
     monkeypatch.setattr(anatomy_module, "backbone_stages", spy("stages", anatomy_module.backbone_stages))
+    return calls
+
+
+def test_one_derivation_serves_every_consumer(derivations, tiny):
+    calls = derivations
     found = anatomy(tiny)
     assert calls == {"find_head": 1, "stages": 1}
     loader = DataLoader(TensorDataset(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])), batch_size=2)
@@ -274,7 +281,7 @@ def test_data_config_errors(call, exc, pattern):
 
 
 @pytest.mark.parametrize("cache", ["auto", False])
-def test_one_fit_derives_the_head_and_the_stages_once(monkeypatch, cache):
+def test_one_fit_derives_the_head_and_the_stages_once(cache, request):
     """A whole fit (warm-up, fine-tuning with a (low, high) spread, early BatchNorm pinning,
     validation, a checkpoint) reads the model's structure once: one find_head, one stage split."""
     from torchvision.models import resnet18
@@ -283,15 +290,7 @@ def test_one_fit_derives_the_head_and_the_stages_once(monkeypatch, cache):
 
     model = tl.replace_head(resnet18(weights=None), 3)
     trainer = tl.Trainer(model, seed=0, progress=False)
-    calls = {"find_head": 0, "stages": 0}
-
-    def spy(name, fn):
-        def counted(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
-        return counted
-    monkeypatch.setattr(anatomy_module, "find_head", spy("find_head", anatomy_module.find_head))
-    monkeypatch.setattr(anatomy_module, "backbone_stages", spy("stages", anatomy_module.backbone_stages))
+    calls = request.getfixturevalue("derivations")  # counting from here: the Trainer was built before
     data = TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
     trainer.fit(DataLoader(data, batch_size=4), DataLoader(data, batch_size=4), warmup_epochs=1,
                 finetune_epochs=1, backbone_lr=(1e-5, 1e-4), weight_decay=0.01, freeze_bn="early",

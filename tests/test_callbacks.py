@@ -12,11 +12,8 @@ from transferlearn import Trainer, load_model, unfreeze
 from transferlearn.train.checkpoint import LAST, load_checkpoint
 from transferlearn.train.recipe import Phase
 
+from .interrupts import Interrupt
 from .test_trainer import model, separable
-
-
-class Interrupt(Exception):
-    pass
 
 
 class Log:

@@ -9,11 +9,8 @@ from torch.utils.data import DataLoader
 from transferlearn import History, Trainer
 from transferlearn.train.checkpoint import LAST, load_checkpoint, save_checkpoint
 
+from .interrupts import Interrupt
 from .test_trainer import model, separable
-
-
-class Interrupt(Exception):
-    pass
 
 
 def assert_resume_is_exact(go, tmp_path, stop_after):

@@ -17,6 +17,7 @@ from transferlearn.train.balance import class_weights, loader_labels
 from transferlearn.train.evaluation import evaluate
 from transferlearn.train.recipe import Recipe
 
+from .interrupts import Interrupt, StopAt
 from .test_trainer import model, separable
 
 
@@ -149,14 +150,9 @@ def test_mixing_skips_the_cached_warmup_and_says_so():
     assert uncached[0]["mix"] == "mixup"  # an uncached warm-up reads images: it mixes
 
 
-class Interrupt(Exception):
-    pass
-
-
 def mixed_run(path, stop=None, resume=False):
     m = model(seed=1)
-    stops = [type("S", (), {"on_epoch_end": lambda s, t, r: (_ for _ in ()).throw(Interrupt)
-                            if r["epoch"] == stop else None})()] if stop else []
+    stops = [StopAt(stop)] if stop else []
     history = Trainer(m, seed=3, progress=False, checkpoint_dir=path, callbacks=stops).fit(
         DataLoader(separable(32), batch_size=8, shuffle=True), warmup_epochs=1, finetune_epochs=3, head_lr=1e-2,
         mixup=0.3, cutmix=1.0, label_smoothing=0.1, balance="loss", resume=resume)

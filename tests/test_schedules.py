@@ -16,6 +16,7 @@ from transferlearn.train.checkpoint import LAST, load_checkpoint
 from transferlearn.train.recipe import Phase, Recipe
 from transferlearn.train.schedules import Schedule
 
+from .interrupts import Interrupt, StopAt
 from .test_trainer import model, separable
 
 
@@ -131,17 +132,6 @@ def test_a_callable_schedule_gets_the_step_and_the_phase_total():
     assert all(r[1] == 0.5e-2 for _, r in rates.rates)
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAt:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, record):
-        if record["epoch"] == self.epoch:
-            raise Interrupt
 
 
 def scheduled_run(path, stop=None, resume=False, cache="auto", schedule="cosine", warmup_steps=2):

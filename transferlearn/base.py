@@ -73,6 +73,15 @@ def state_differences(reference: Mapping[str, Any], other: Mapping[str, Any]) ->
     return missing, unexpected, shapes
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_path(name: str, value: Any) -> Path:
     """``value`` as a ``Path``; ``TypeError`` unless it is a ``str`` or ``os.PathLike`` (bytes are
     refused: a path of bytes is almost always a file's content passed by mistake)."""

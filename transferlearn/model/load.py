@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..base import as_weights, atomic_write, check_int, describe
+from ..base import as_weights, atomic_write, check_int, describe, sha256_file
 from .heads import replace_head
 from .rebuild import check_classification
 
@@ -189,14 +188,6 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     return model
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool = True) -> Path:
     """Copy a local checkpoint into the torch hub cache under the name torchvision expects.
 
@@ -228,7 +219,7 @@ def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool =
     if check_hash:
         if match is None:
             raise ValueError(f"{target.name} carries no hash prefix to check; pass check_hash=False")
-        actual = _sha256(source)
+        actual = sha256_file(source)
         if not actual.startswith(match.group(1)):
             raise ValueError(f"file={str(file)!r} has SHA-256 {actual[:16]}..., but {weights} "
                              f"expects a hash starting with {match.group(1)!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..base import check_path, describe, state_differences
+from ..base import check_path, describe, sha256_file, state_differences
 from ..data.transforms import ImagePreprocess
 from ..model.anatomy import anatomy
 from ..model.heads import DropoutHead, replace_head
@@ -214,19 +213,11 @@ def remove_previous(path: Path, previous: ClassifierConfig | None, config: Class
     if previous is not None and previous.weights_file != config.weights_file:
         old = path / previous.weights_file
         with contextlib.suppress(OSError):
-            if old.is_file() and not old.is_symlink() and _sha256(old) == previous.sha256:
+            if old.is_file() and not old.is_symlink() and sha256_file(old) == previous.sha256:
                 old.unlink()
     for name in stale:
         with contextlib.suppress(OSError):
             (path / name).unlink()
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def as_directory(directory: Any) -> Path:
