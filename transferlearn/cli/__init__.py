@@ -50,6 +50,7 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--val-fraction", type=float, default=0.2, help="share of each class for validation")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    fit.add_argument("--tensorboard", metavar="DIR", default=None, help="also log to TensorBoard in DIR (a new folder)")
     fit.set_defaults(run=commands.fit)
 
 

@@ -20,6 +20,7 @@ from ..ship.html_report import write_html
 from ..ship.onnx_export import export_onnx
 from ..ship.report import ClassificationReport, classification_report
 from ..train.history import History, plot_history
+from ..train.loggers import CSVLogger, TensorBoardLogger
 from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy
 from ..train.trainer import Trainer
@@ -87,7 +88,8 @@ def fit(args: argparse.Namespace) -> None:
     print(f"{len(data.classes)} classes, {len(data.train)} training and "
           f"{len(data.val) if data.val is not None else 0} validation images; strategy {strategy.kind} "
           f"({strategy.warmup_epochs} warm-up + {strategy.finetune_epochs} fine-tune epochs)")
-    history = Trainer(model, seed=args.seed).fit(train_loader, val_loader, strategy=strategy)
+    loggers = [*([TensorBoardLogger(args.tensorboard)] if args.tensorboard else []), CSVLogger(out / "log.csv")]
+    history = Trainer(model, seed=args.seed, callbacks=loggers).fit(train_loader, val_loader, strategy=strategy)
     report = classification_report(model, data.val, data.classes) if data.val is not None else None
     metrics = {**(report.to_dict() if report else {}), "best_epoch": history.best["epoch"] if history.best else None,
                "strategy": asdict(strategy), "counts": data.counts, "skipped": [list(s) for s in data.skipped]}
