@@ -52,9 +52,8 @@ def _stage_owner(found: Anatomy) -> str | None:
 
 def _feature_maps(model: nn.Module, head: nn.Module, inputs: torch.Tensor,
                   keep: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """One hooked forward pass of ``inputs[:1]``: the modules that returned a 4-D map larger
-    than 1x1 once, before the head started (global pools passed over), in the order they
-    finished, and the outputs of the modules named in ``keep``."""
+    """One hooked forward pass of ``inputs[:1]``: the modules that returned a 4-D map larger than
+    1x1 once before the head started (not global pools), in order, and the outputs of ``keep``."""
     calls: dict[str, int] = {}
     finished: list[str] = []
     kept: dict[str, Any] = {}
@@ -101,14 +100,11 @@ def _widest(model: nn.Module, owner: str, parents: list[str], once: list[str], k
 def default_layer(model: nn.Module, inputs: torch.Tensor, *, anatomy: Anatomy | None = None) -> str:
     """The dotted name of the layer whose output ``class_activation_map`` explains by default.
 
-    The backbone's last feature map, from the model's ``anatomy``: the module that owns the
-    last stage's parameters, named by the outermost module that returns the same tensor,
-    when it is a CNN stage (in one forward pass of ``inputs[:1]`` with hooks, in eval mode,
-    without gradients: it runs once, before the head starts, and returns a 4-D tensor with
-    more than one spatial position). Otherwise (the last stage holds the head's own layers,
-    as in VGG, or is no CNN stage) the generic rule: of the modules that finish before the
-    head starts, the last one that runs once and returns such a map; global pooling layers
-    are passed over. For a MobileNetV2 that is ``"features"``, for a ResNet ``"layer4"``.
+    The module that owns the model's last ``anatomy`` stage, when it is a CNN stage: in one
+    forward pass of ``inputs[:1]`` (hooks, eval mode, no gradients) it runs once before the
+    head starts and returns a 4-D map larger than 1x1. Otherwise (VGG's last stage is its
+    classifier) the last module that does so, global pools passed over. For a MobileNetV2
+    that is ``"features"``, for a ResNet ``"layer4"`` (docs/look.md, "Which layer").
 
     Args:
         model: a classification network whose head ``find_head`` finds.
