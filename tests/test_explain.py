@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferlearn import Trainer, imagenet_transform, load_model
+from transferlearn import Trainer, anatomy, imagenet_transform, load_model
 from transferlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from transferlearn.ship.classifier import Classifier
 from transferlearn.ship.explain import class_activation_map, default_layer
@@ -121,6 +121,34 @@ def test_layer_errors():
         class_activation_map(Twice(), x, layer=3)
     with pytest.raises(ValueError, match=r"no layer with a 4-D feature map larger than 1x1"):
         default_layer(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), x)
+
+
+class SideProbe(nn.Module):
+    """A 4-D side output (the input, passed through a probe for logging) after the backbone:
+    the last 4-D map before the head, but not the backbone's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.stage = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+        self.probe = nn.Identity()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.stage(self.stem(x))
+        self.probe(x)
+        return self.fc(features.mean((2, 3)))
+
+
+def test_default_layer_is_the_anatomys_last_stage_when_that_is_a_cnn_stage():
+    x = torch.rand(1, 3, 8, 8)
+    model = SideProbe()
+    assert anatomy(model).stages[-1][0] == "stage"
+    assert default_layer(model, x) == "stage"                  # with its ReLU; not the side output "probe"
+    assert default_layer(model, x, anatomy=anatomy(model)) == "stage"
+    assert default_layer(FlatHead(), torch.rand(1, 3, 5, 5)) == "features"  # the stage's conv and the ReLU after it
+    squeezenet = torchvision.models.squeezenet1_0()            # its last stage, not the Dropout in front of the head
+    assert default_layer(squeezenet, torch.rand(1, 3, 64, 64)) == "features"
 
 
 def test_argument_errors(tiny):

@@ -174,7 +174,7 @@ def test_evaluation_is_deterministic_counts_every_sample_and_restores_modes():
 def test_progress_line_mode_prints_one_line_per_epoch(capsys):
     train, val = loaders()
     Trainer(model(), progress="line").fit(train, val, warmup_epochs=1, finetune_epochs=1)
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]  # + caching lines
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2 warmup") and "val_acc" in lines[1]
 
 

@@ -20,6 +20,7 @@ from .ship.onnx_export import export_onnx
 from .ship.report import ClassificationReport, classification_report
 from .train.features import extract_features
 from .train.history import History, plot_history
+from .train.loggers import CSVLogger, TensorBoardLogger
 from .train.strategy import Strategy, recommend_strategy
 from .train.trainer import Trainer
 
@@ -27,12 +28,14 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Anatomy",
+    "CSVLogger",
     "ClassificationReport",
     "Classifier",
     "FolderData",
     "History",
     "ImageReadError",
     "Strategy",
+    "TensorBoardLogger",
     "Trainer",
     "anatomy",
     "classification_report",

@@ -68,6 +68,7 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     fit.add_argument("--force", action="store_true",
                      help="save into a RUN_DIR that is not empty, or that an interrupted fit left")
+    fit.add_argument("--tensorboard", metavar="DIR", default=None, help="also log to TensorBoard in DIR (a new folder)")
     fit.set_defaults(run=commands.fit)
 
 

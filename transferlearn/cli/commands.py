@@ -22,6 +22,7 @@ from ..ship.html_report import write_html
 from ..ship.onnx_export import export_onnx
 from ..ship.report import ClassificationReport, classification_report
 from ..train.history import History, plot_history
+from ..train.loggers import CSVLogger, TensorBoardLogger
 from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy, row_strategy
 from ..train.trainer import Trainer
@@ -96,7 +97,8 @@ def _fit(args: argparse.Namespace, out: Path) -> None:
     print(f"{len(data.classes)} classes, {len(data.train)} training and "
           f"{len(data.val) if data.val is not None else 0} validation images; strategy {strategy.kind} "
           f"({strategy.warmup_epochs} warm-up + {strategy.finetune_epochs} fine-tune epochs)")
-    history = Trainer(model, seed=args.seed).fit(train_loader, val_loader, strategy=strategy)
+    loggers = [*([TensorBoardLogger(args.tensorboard)] if args.tensorboard else []), CSVLogger(out / "log.csv")]
+    history = Trainer(model, seed=args.seed, callbacks=loggers).fit(train_loader, val_loader, strategy=strategy)
     full = ImageFiles(data.val.samples, data.classes, data.val.transform, draft=False) if data.val else None
     report = classification_report(model, full, data.classes) if full is not None else None  # as evaluate
     metrics = {**(report.to_dict() if report else {}), "best_epoch": history.best["epoch"] if history.best else None,

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from ..base import check_bool, check_int, check_module, describe, eval_mode, run_device
 from ..data.images import load_image
 from ..data.transforms import to_rgb
-from ..model.heads import find_head
+from ..model.anatomy import Anatomy, model_anatomy
 
 __all__ = ["METHODS", "class_activation_map", "default_layer", "explain_images"]
 
@@ -37,37 +37,33 @@ METHODS = ("hirescam", "gradcam")
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def default_layer(model: nn.Module, inputs: torch.Tensor) -> str:
-    """The dotted name of the layer whose output ``class_activation_map`` explains by default.
+def _stage_owner(found: Anatomy) -> str | None:
+    """The module that owns the last stage's parameters: the deepest module above all of them
+    (``layer4``, ``features.18``), or, for a stage spread over several top-level parts
+    (``stage4+conv5``), the last part."""
+    if not found.stages:
+        return None
+    paths = [name.split(".")[:-1] for name in found.stages[-1][1]]
+    common = os.path.commonprefix(paths)  # element-wise on the dotted parts
+    if common:
+        return ".".join(common)
+    return paths[-1][0] if paths[-1] else None
 
-    The backbone's last feature map: of the modules that finish before the head starts (one
-    forward pass of ``inputs[:1]`` with hooks, in eval mode, without gradients), the last one
-    that runs once and returns a 4-D tensor with more than one spatial position; global
-    pooling layers are passed over. For a MobileNetV2 that is ``"features"``, for a ResNet
-    ``"layer4"``.
 
-    Args:
-        model: a classification network whose head ``find_head`` finds.
-        inputs: a preprocessed batch ``(N, C, H, W)`` (only the first image is run).
-
-    Returns:
-        The module's dotted name.
-
-    Raises:
-        ValueError: no such layer (not a CNN, or an input so small that every feature map is 1x1).
-
-    Example:
-        >>> default_layer(torchvision.models.resnet18(), torch.rand(1, 3, 64, 64))
-        'layer4'
-    """
-    head = find_head(model)[1]
+def _feature_maps(model: nn.Module, head: nn.Module, inputs: torch.Tensor,
+                  keep: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """One hooked forward pass of ``inputs[:1]``: the modules that returned a 4-D map larger than
+    1x1 once before the head started (not global pools), in order, and the outputs of ``keep``."""
     calls: dict[str, int] = {}
     finished: list[str] = []
+    kept: dict[str, Any] = {}
     state = {"head": False}
 
     def seen(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
+            if name in keep:
+                kept[name] = output
             if (not state["head"] and isinstance(output, torch.Tensor) and output.ndim == 4
                     and output.shape[-2] * output.shape[-1] > 1 and not isinstance(module, _GLOBAL_POOLS)):
                 finished.append(name)
@@ -84,7 +80,53 @@ def default_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     finally:
         for handle in handles:
             handle.remove()
-    once = [n for n in finished if calls[n] == 1]
+    return [n for n in finished if calls[n] == 1], kept
+
+
+def _widest(model: nn.Module, owner: str, parents: list[str], once: list[str], kept: dict[str, Any],
+            stage: set[str]) -> str:
+    """From the last stage's owner up: the outermost enclosing feature map that is still that
+    stage's output: the same tensor (``features.18`` -> ``features``), or a module holding no
+    parameter outside the stage (a ReLU after the stage's last convolution)."""
+    best = owner
+    for parent in parents:
+        params = {f"{parent}.{name}" for name, _ in model.get_submodule(parent).named_parameters()}
+        if parent not in once or not (kept.get(parent) is kept[best] or params <= stage):
+            break
+        best = parent
+    return best
+
+
+def default_layer(model: nn.Module, inputs: torch.Tensor, *, anatomy: Anatomy | None = None) -> str:
+    """The dotted name of the layer whose output ``class_activation_map`` explains by default.
+
+    The module that owns the model's last ``anatomy`` stage, when it is a CNN stage: in one
+    forward pass of ``inputs[:1]`` (hooks, eval mode, no gradients) it runs once before the
+    head starts and returns a 4-D map larger than 1x1. Otherwise (VGG's last stage is its
+    classifier) the last module that does so, global pools passed over. For a MobileNetV2
+    that is ``"features"``, for a ResNet ``"layer4"`` (docs/look.md, "Which layer").
+
+    Args:
+        model: a classification network whose head ``find_head`` finds.
+        inputs: a preprocessed batch ``(N, C, H, W)`` (only the first image is run).
+        anatomy: the model's ``anatomy``, when already read.
+
+    Returns:
+        The module's dotted name.
+
+    Raises:
+        ValueError: no such layer (not a CNN, or an input so small that every feature map is 1x1).
+
+    Example:
+        >>> default_layer(torchvision.models.resnet18(), torch.rand(1, 3, 64, 64))
+        'layer4'
+    """
+    found = model_anatomy(model, anatomy=anatomy)
+    owner = _stage_owner(found)
+    above = [] if owner is None else [".".join(owner.split(".")[:i]) for i in range(owner.count(".") + 1, 0, -1)]
+    once, kept = _feature_maps(model, model.get_submodule(found.head), inputs, above)
+    if owner in once:
+        return _widest(model, owner, above[1:], once, kept, set(found.stages[-1][1]))
     if not once:
         raise ValueError(f"{type(model).__name__} has no layer with a 4-D feature map larger than 1x1 "
                          "before its head; pass layer= with the name of a convolutional stage")

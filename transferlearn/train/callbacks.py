@@ -35,7 +35,7 @@ from .runtime import Progress
 from .selection import BestEpoch
 
 if TYPE_CHECKING:  # the recipe imports the step, which makes Steps: no import cycle at run time
-    from .recipe import Phase
+    from .recipe import Phase, Recipe
 
 __all__ = ["HOOKS", "Step", "Hooks", "check_callbacks", "callback_states", "KeepBest", "EpochLine", "Checkpoints"]
 
@@ -137,13 +137,29 @@ class KeepBest:
 
 
 class EpochLine:
-    """Built in: the progress line of each epoch (the batch bar wraps the loop's batches)."""
+    """Built in: the progress line of each epoch (the batch bar wraps the loop's batches), with
+    the time left to the end of the fit: each epoch still to run at the mean time of the
+    epochs its phase ran so far, or of all epochs so far for a phase not begun yet."""
 
-    def __init__(self, progress: Progress, total_epochs: int) -> None:
-        self.progress, self.total = progress, total_epochs
+    def __init__(self, progress: Progress, recipe: Recipe) -> None:
+        self.progress, self.recipe = progress, recipe
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
-        self.progress.epoch(record, self.total)
+        self.progress.epoch(record, self.recipe.epochs, self.time_left(trainer.history, record))
+
+    def time_left(self, history: Sequence[dict[str, Any]], record: dict[str, Any]) -> float | None:
+        """Seconds the epochs after ``record`` should take (None when none is left)."""
+        recipe, done = self.recipe, record["epoch"]  # epochs counted from 1: the next one's index
+        if record.get("stopped_early"):  # the phase ends here: its next phase's first epoch is next
+            done = recipe.first_epoch(recipe.plan[done - 1] + 1)
+        if done >= recipe.epochs:
+            return None
+        seconds: dict[str, list[float]] = {}
+        for r in history:
+            seconds.setdefault(r["phase"], []).append(r["seconds"])
+        overall = [t for ts in seconds.values() for t in ts]
+        mean = {name: sum(ts) / len(ts) for name, ts in seconds.items()}
+        return sum(mean.get(recipe.phase_at(e).name, sum(overall) / len(overall)) for e in range(done, recipe.epochs))
 
 
 class Checkpoints:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import (
+    BatchSampler,
     ConcatDataset,
     DataLoader,
     Dataset,
@@ -21,7 +22,7 @@ from ..data.batches import split_batch
 from ..data.transforms import ImagePreprocess
 from ..model.anatomy import Anatomy, model_anatomy
 from .evaluation import _split_outputs
-from .runtime import Precision
+from .runtime import Meter, Precision, Progress
 
 __all__ = ["extract_features", "is_deterministic", "NotCacheable"]
 
@@ -97,9 +98,20 @@ def _run_and_check(model: nn.Module, inputs: torch.Tensor, calls: list[int], out
                            "would skip it; train with cache_features=False")
 
 
+def _item_count(loader: Any) -> int | None:
+    """How many samples ``loader`` yields, when its sampler says so (None: unknown)."""
+    if not isinstance(getattr(loader, "batch_sampler", None), BatchSampler):
+        return None
+    try:
+        return len(loader.sampler)
+    except TypeError:
+        return None
+
+
 def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None = None,
                      device: torch.device | str | None = None, precision: Precision | None = None,
-                     check_output: bool = False, anatomy: Anatomy | None = None) -> TensorDataset:
+                     check_output: bool = False, anatomy: Anatomy | None = None,
+                     progress: bool | str | Meter = False) -> TensorDataset:
     """Run the model once over ``loader`` and return what its head receives, with labels.
 
     The model runs in eval mode under ``torch.inference_mode()`` (its previous modes are
@@ -119,6 +131,9 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
         check_output: also require that the model's output is exactly the head's output
             (``NotCacheable`` otherwise); the Trainer asks for it before caching.
         anatomy: the model's ``anatomy``, when already read (the Trainer passes its own).
+        progress: ``False`` (silent), ``True``, ``"bar"`` or ``"line"`` as ``Trainer(progress=)``
+            ("extracting features: 640/2000 images, 12 s, ~26 s left"), or a ``Meter`` the
+            caller made (the Trainer's "caching features" line); closed when the pass ends.
 
     Returns:
         ``TensorDataset(features, labels)`` on the CPU, in the loader's order (labels
@@ -149,13 +164,16 @@ def extract_features(model: nn.Module, loader: DataLoader, *, head: str | None =
         captured.append(args[0].detach().cpu())
     hooks = [head_module.register_forward_pre_hook(capture),
              head_module.register_forward_hook(lambda _m, _a, out: outputs.append(out))]
+    meter = progress if isinstance(progress, Meter) else \
+        Progress(progress).meter("extracting features", _item_count(loader))
     try:
-        with eval_mode(model), torch.inference_mode(), cast.autocast():
+        with meter, eval_mode(model), torch.inference_mode(), cast.autocast():
             for batch in loader:
                 inputs, targets = split_batch(batch)
                 _run_and_check(model, inputs.to(device), calls, outputs, check_output)
                 if targets is not None:
                     labels.append(targets.cpu())
+                meter.update(len(inputs))
     finally:
         for hook in hooks:
             hook.remove()

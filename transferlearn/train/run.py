@@ -48,6 +48,7 @@ class Run:
         self.best = BestEpoch(recipe.monitor, recipe.patience, validating=val_loader is not None)
         self.train_loader = train_loader
         self.scaler = trainer.precision.scaler
+        self.progress = trainer.progress
         self.history, self.epoch, self.nhwc = History(), 0, False
         self.optimizer: torch.optim.Optimizer | None = None
         self.generators: list[torch.Generator] = []
@@ -57,7 +58,7 @@ class Run:
         stateful = self._built_in_stateful()  # saved in checkpoints before the user's callbacks
         self.callbacks = stateful + list(trainer.callbacks)
         built_in: list[Any] = [KeepBest(self.best, self.scored)] if val_loader is not None else []
-        self.hooks = Hooks(trainer, built_in + stateful + [EpochLine(trainer.progress, recipe.epochs)] +
+        self.hooks = Hooks(trainer, built_in + stateful + [EpochLine(trainer.progress, recipe)] +
                            trainer.callbacks)
         self.checkpoints = None if trainer.checkpoint_dir is None else \
             Checkpoints(trainer.checkpoint_dir, self.callbacks)
@@ -182,7 +183,8 @@ class Run:
     def prepare_caches(self, index: int, **kwargs: Any) -> None:
         """Features for a phase whose backbone is fixed, built once for consecutive such
         phases (or never, when the model's output cannot be cached); dropped when a phase
-        trains the backbone. ``kwargs`` go to ``warmup_caches`` (dist, device, precision)."""
+        trains the backbone. ``kwargs`` go to ``warmup_caches`` (dist, device, precision), with
+        the Trainer's progress (the caching pass's bar or lines)."""
         use, val, forced = self.caching[index]
         if not self.recipe.phases[index].cacheable:
             self.cache = self.val_cache = None
@@ -190,7 +192,7 @@ class Run:
         if (need_train or need_val) and not self.cache_failed:
             train, valid = warmup_caches(self.model, self.train_loader if need_train else None,
                                          self.val_loader if need_val else None, forced=forced,
-                                         **kwargs, **self.structure)
+                                         progress=self.progress, **kwargs, **self.structure)
             self.cache_failed = train is None and valid is None
             self.cache = train if need_train else self.cache
             self.val_cache = valid if need_val else self.val_cache

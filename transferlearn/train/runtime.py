@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+import time
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from ..base import check_choice, describe
 
 __all__ = ["pick_device", "use_channels_last", "memory_layout", "seed_everything", "rng_state", "set_rng_state",
-           "Precision", "Progress"]
+           "Precision", "Progress", "Meter", "duration"]
 
 
 def pick_device(device: Any) -> torch.device:
@@ -117,8 +118,71 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
 
+def duration(seconds: float) -> str:
+    """``seconds`` for a progress line: ``"0.4 s"``, ``"42 s"``, ``"3 min 05 s"``, ``"1 h 02 min"``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class Meter:
+    """The progress of one counted pass (the feature-caching pass): a tqdm bar (``"bar"``), a
+    line at each quarter done with the time left (``"line"``), or nothing (``False``); a
+    closing line with the count and the time taken in either mode. Use it as a context
+    manager and ``update(n)`` after each batch of ``n`` items. A pass shorter than
+    ``min_seconds`` gets its closing line only.
+
+    Args:
+        mode: ``"bar"``, ``"line"`` or ``False`` (``Progress.mode``).
+        desc: what the pass does ("caching features").
+        total: how many items it will count, or None (no quarter lines then).
+        unit: what it counts.
+    """
+
+    min_seconds = 2.0
+
+    def __init__(self, mode: bool | str, desc: str, total: int | None, unit: str = "images") -> None:
+        self.mode, self.desc, self.total, self.unit = mode, desc, total, unit
+        self.done, self._quarter, self._began = 0, 0, time.perf_counter()
+        self._bar: Any = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", leave=False, dynamic_ncols=True)
+
+    def __enter__(self) -> "Meter":
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        self.close(finished=kind is None)
+
+    def update(self, n: int) -> None:
+        """Count ``n`` more items (the bar moves; a line when a new quarter is done)."""
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self.mode == "line" and self.total:
+            quarter, elapsed = 4 * self.done // self.total, time.perf_counter() - self._began
+            if self._quarter < quarter < 4 and elapsed >= self.min_seconds:
+                self._quarter = quarter
+                left = elapsed / self.done * (self.total - self.done)
+                print(f"{self.desc}: {self.done}/{self.total} {self.unit}, {duration(elapsed)}, "
+                      f"~{duration(left)} left", flush=True)
+
+    def close(self, finished: bool = True) -> None:
+        """End the pass: the bar goes, and (``finished``) the closing line is printed, once."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if finished and self.mode is not False:
+            print(f"{self.desc}: {self.done} {self.unit}, {duration(time.perf_counter() - self._began)}", flush=True)
+            self.mode = False  # once
+
+
 class Progress:
-    """tqdm bars on a terminal, one summary line per epoch otherwise, nothing when off."""
+    """tqdm bars on a terminal, lines otherwise (one per epoch, a few per caching pass), nothing when off."""
 
     def __init__(self, mode: bool | str) -> None:
         check_choice("progress", mode, (True, False, "bar", "line"))
@@ -134,7 +198,12 @@ class Progress:
         with tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True) as bar:
             yield from bar
 
-    def epoch(self, record: dict[str, Any], total_epochs: int) -> None:
+    def meter(self, desc: str, total: int | None, unit: str = "images") -> Meter:
+        """A ``Meter`` for a pass over ``total`` items (None: unknown) in this mode."""
+        return Meter(self.mode, desc, total, unit)
+
+    def epoch(self, record: dict[str, Any], total_epochs: int, left: float | None = None) -> None:
+        """The epoch's line: its numbers, its time and (``left``) the estimated time to the end of the fit."""
         if self.mode is False:
             return
         parts = [f"epoch {record['epoch']}/{total_epochs} {record['phase']:8s}"]
@@ -142,5 +211,7 @@ class Progress:
                            ("val_loss", "val_loss"), ("val_accuracy", "val_acc")):
             if record.get(key) is not None:
                 parts.append(f"{label} {record[key]:.4f}" if "loss" in key else f"{label} {record[key]:.3f}")
-        parts.append(f"{record['seconds']:.1f}s")
+        parts.append(duration(record["seconds"]))
+        if left is not None:
+            parts.append(f"~{duration(left)} left")
         print("  ".join(parts), flush=True)
