@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,10 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..base import check_float, check_int, describe
+from ..base import check_int, describe
+from . import _checks as checks
+from .augment import check_augment
 from .imagefiles import ImageCache, ImageFiles, prepare_file
 from .images import ImageReadError, check_header
-from .scan import RUN_MARKER, Scan, scan_layout
+from .scan import Scan, scan_layout
 from .transforms import ImagePreprocess, imagenet_transform
 
 __all__ = ["FolderData", "load_image_folder", "split_counts"]
@@ -108,19 +109,6 @@ def _read_all(root: Path, scan: Scan, skip_broken: bool, read: Any) -> tuple[dic
     return parts, [(p, broken[p]) for p in ordered if p in broken] + scan.notes
 
 
-def _check_classes(scan: Scan, min_classes: int) -> None:
-    """At least ``min_classes`` classes, before any file is decoded; runs found are warned."""
-    if scan.runs:
-        warnings.warn(f"left out {len(scan.runs)} folder(s) holding {RUN_MARKER} (a transferlearn run or saved "
-                      f"classifier, not a class): {', '.join(map(repr, scan.runs))}; they are listed in "
-                      ".skipped. Keep run folders outside the data folder", UserWarning, stacklevel=3)
-    files = next(iter(scan.parts.values()))
-    if len(files) < min_classes:
-        counts = ", ".join(f"{name!r}: {len(paths)} images" for name, paths in files.items())
-        raise ValueError(f"found {len(files)} class folder(s) ({counts}); a classifier needs at least "
-                         f"{min_classes} classes: add a folder of images per class (min_classes={min_classes})")
-
-
 class FolderData:
     """What ``load_image_folder`` returns: the two datasets and what went into them.
 
@@ -191,42 +179,8 @@ class FolderData:
                 f"train={len(self.train)}, val={n_val}, skipped={len(self.skipped)}, cache={self.cache!r})")
 
 
-def _check_options(val_fraction: Any, seed: Any, flags: dict[str, Any], check: Any, max_imbalance: Any) -> None:
-    check_float("val_fraction", val_fraction, minimum=0.0, maximum=1.0)
-    if val_fraction >= 1:
-        raise ValueError(f"val_fraction must be >= 0 and < 1 (some images must train), got {val_fraction!r}")
-    check_int("seed", seed)
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {describe(value)}")
-    if check not in ("decode", "header"):
-        raise ValueError(f"check must be 'decode' (full decode) or 'header' (Image.verify), got {describe(check)}")
-    if max_imbalance is not None:
-        check_float("max_imbalance", max_imbalance, minimum=1.0)
-
-
-def _check_root(root: Any) -> Path:
-    if not isinstance(root, (str, os.PathLike)) or isinstance(root, bytes):
-        raise TypeError(f"root must be a str or os.PathLike, got {describe(root)}")
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"image folder {str(root)!r} is a file, not a folder of class folders")
-    return root
-
-
-def _warn_imbalance(counts: dict[str, dict[str, int]], max_imbalance: float | None) -> None:
-    total = {c: counts["train"][c] + counts["val"][c] for c in counts["train"]}
-    big, small = max(total, key=total.get), min(total, key=total.get)   # type: ignore[arg-type]
-    if max_imbalance is not None and total[big] > max_imbalance * total[small]:
-        warnings.warn(f"class imbalance: {big!r} has {total[big]} images, {small!r} has {total[small]} "
-                      f"(ratio {total[big] / total[small]:.1f} > max_imbalance={max_imbalance:g}); consider a "
-                      "WeightedRandomSampler or class weights in the loss", UserWarning, stacklevel=3)
-
-
 def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0, weights: Any = None,
-                      size: int | None = None, resize: int | None = None, augment: bool = False,
+                      size: int | None = None, resize: int | None = None, augment: bool | str = False,
                       skip_broken: bool = False, check: str = "decode", draft: bool = True,
                       cache_bytes: int = 2**30, max_imbalance: float | None = 10.0,
                       workers: int | None = None, model: Any = None, min_classes: int = 2) -> FolderData:
@@ -252,8 +206,13 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         weights: torchvision weights (enum or name) whose preprocessing to use.
         size: output side; the resize keeps the weights' ratio (256/224) unless ``resize`` is given.
         resize: shorter side before cropping.
-        augment: random resized crop and flip for ``train`` (then not deterministic, so the
-            Trainer's feature cache does not apply); ``val`` is always the eval pipeline.
+        augment: the training split's augmentation preset (``data/augment.py``): ``"none"``
+            (or False, the default: the eval pipeline), ``"light"`` (or True: random resized
+            crop and flip), ``"trivial"`` (+ TrivialAugmentWide) or ``"randaugment"`` (+
+            RandAugment). Any preset but ``"none"`` makes ``train`` random (not
+            deterministic), so the Trainer's feature cache does not apply to it; the random
+            operations run on the decoded-image cache's tensors, drawing anew on every read.
+            ``val`` is always the eval pipeline.
         skip_broken: leave unreadable files out (listed in ``.skipped``) instead of raising.
         check: ``"decode"`` decodes every file now (finds truncated files; fills the cache);
             ``"header"`` only opens and verifies each file (much faster, misses a JPEG cut
@@ -288,14 +247,14 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         (['Bishop', 'King', 'Knight', 'Pawn', 'Queen', 'Rook'], 15)
         >>> train_loader, val_loader = data.loaders(batch_size=32)
     """
-    root = _check_root(root)
-    _check_options(val_fraction, seed, {"augment": augment, "skip_broken": skip_broken, "draft": draft},
-                   check, max_imbalance)
+    root = checks.check_root(root)
+    checks.check_options(val_fraction, seed, {"skip_broken": skip_broken, "draft": draft}, check, max_imbalance)
+    preset = check_augment(augment, bools=True)
     workers = min(os.cpu_count() or 1, 8) if workers is None else check_int("workers", workers, minimum=1)
     eval_tf = imagenet_transform(weights=weights, size=size, resize=resize, model=model)
     cache = ImageCache(cache_bytes) if check_int("cache_bytes", cache_bytes) else None
     scan = scan_layout(root)
-    _check_classes(scan, check_int("min_classes", min_classes, minimum=1))
+    checks.check_classes(scan, check_int("min_classes", min_classes, minimum=1))
     parts, skipped = _read_all(root, scan, skip_broken, lambda paths: _check_files(paths, check, eval_tf, cache,
                                                                                  draft, workers))
     layout, classes = scan.layout, list(next(iter(parts.values())))
@@ -303,9 +262,10 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         train, val = _split(parts["all"], val_fraction, seed)
     else:
         train, val = ([(p, i) for i, ps in enumerate(parts[k].values()) for p in ps] for k in ("train", "val"))
-    train_tf = imagenet_transform(True, weights=weights, size=size, resize=resize, model=model) if augment else eval_tf
+    train_tf = eval_tf if preset == "none" else imagenet_transform(True, weights=weights, size=size, resize=resize,
+                                                                   model=model, augment=preset)
     data = FolderData(root, layout, classes, ImageFiles(train, classes, train_tf, cache=cache, draft=draft),
                       ImageFiles(val, classes, eval_tf, cache=cache, draft=draft) if val else None,
                       skipped, cache)
-    _warn_imbalance(data.counts, max_imbalance)
+    checks.warn_imbalance(data.counts, max_imbalance)
     return data
