@@ -423,7 +423,7 @@ def test_draft_true_sees_files_as_load_image_folder_does_and_the_default_decodes
 
 
 def test_predict_runs_in_channels_last_and_gives_the_model_back_contiguous(tmp_path, monkeypatch):
-    module = classifier_module
+    from transferlearn.ship import _inputs as module  # predict_proba's loop
     seen = []
     real = module.predict
 

@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="a JSON list instead of one line per image")
     pr.add_argument("--batch-size", type=_positive, default=32)
     pr.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    pr.add_argument("--tta", action="store_true",
+                    help="test-time augmentation: mean over the centre crop, corner crops and mirrors")
     pr.set_defaults(run=commands.predict)
     _explain_parser(sub)
     ex = sub.add_parser("export", help="write the classifier as ONNX (dynamic batch, probabilities out)")

@@ -199,15 +199,16 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def predict(args: argparse.Namespace) -> None:
-    """``transferlearn predict RUN_DIR IMAGE... [--top-k K] [--json] [--no-progress]``: results are
-    printed batch by batch as they are computed (``--json``: one JSON list, streamed)."""
+    """``transferlearn predict RUN_DIR IMAGE... [--top-k K] [--json] [--no-progress] [--tta]``: results
+    are printed batch by batch as they are computed (``--json``: one JSON list, streamed)."""
     clf = load_classifier(args.run_dir)
     images, step = list(args.images), args.batch_size
     progress = _Progress(len(images), not args.no_progress)
     try:
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
-            rows = [{"path": p, **r} for p, r in zip(chunk, clf.predict(chunk, top_k=args.top_k, batch_size=step))]
+            results = clf.predict(chunk, top_k=args.top_k, batch_size=step, tta=args.tta)
+            rows = [{"path": p, **r} for p, r in zip(chunk, results)]
             if args.json:
                 text = ", ".join(json.dumps(r, allow_nan=False) for r in rows)
                 print(("[" if start == 0 else ", ") + text, end="")
