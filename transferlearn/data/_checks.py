@@ -56,5 +56,17 @@ def warn_imbalance(counts: dict[str, dict[str, int]], max_imbalance: float | Non
     big, small = max(total, key=total.get), min(total, key=total.get)   # type: ignore[arg-type]
     if max_imbalance is not None and total[big] > max_imbalance * total[small]:
         warnings.warn(f"class imbalance: {big!r} has {total[big]} images, {small!r} has {total[small]} "
-                      f"(ratio {total[big] / total[small]:.1f} > max_imbalance={max_imbalance:g}); consider a "
-                      "WeightedRandomSampler or class weights in the loss", UserWarning, stacklevel=3)
+                      f"(ratio {total[big] / total[small]:.1f} > max_imbalance={max_imbalance:g}); consider "
+                      "balance='sampler' (class-balanced batches) or class weights in the loss", UserWarning,
+                      stacklevel=3)
+
+
+def drop_broken(files: dict[str, list[str]], broken: dict[str, str], folder: Path) -> dict[str, list[str]]:
+    kept = {name: [p for p in paths if p not in broken] for name, paths in files.items()}
+    for name, paths in kept.items():
+        if not paths:
+            where = str(folder / name)
+            reasons = [r for p, r in broken.items() if p == where or p.startswith(where + os.sep)]
+            raise ValueError(f"class folder {where!r} has no readable images "
+                             f"({len(reasons)} skipped as broken, e.g. {reasons[0]!r})")
+    return kept
