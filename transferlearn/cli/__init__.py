@@ -22,6 +22,7 @@ import torch
 
 from ..model.load import MissingWeightsError
 from ..ship.format import MAX_SIDE
+from . import _runfile
 from . import commands as commands
 
 __all__ = ["USER_ERRORS", "main"]
@@ -52,7 +53,9 @@ def _side(text: str) -> int:
 
 def _fit_parser(sub: Any) -> None:
     fit = sub.add_parser("fit", help="train a classifier on a folder of images and save it")
-    fit.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>, or DATA_DIR/train + DATA_DIR/val")
+    fit.add_argument("data_dir", metavar="DATA_DIR", nargs="?",
+                     help="DATA_DIR/<class>/<image>, or DATA_DIR/train + DATA_DIR/val (with --config or --resume: "
+                     "default the run's)")
     fit.add_argument("--out", required=True, metavar="RUN_DIR", help="new folder for the classifier and its report")
     fit.add_argument("--arch", default="mobilenet_v2", help="load_model architecture (default mobilenet_v2)")
     fit.add_argument("--weights", default="DEFAULT", help="pretrained weights: IMAGENET1K_V1, DEFAULT, ... or none")
@@ -68,6 +71,7 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--force", action="store_true",
                      help="save into a RUN_DIR that is not empty, or that an interrupted fit left")
     fit.set_defaults(run=commands.fit)
+    _runfile.add_run_flags(fit)          # the recipe's flags, --config, --resume; settings resolved in commands.fit
 
 
 def _explain_parser(sub: Any) -> None:
