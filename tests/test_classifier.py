@@ -93,11 +93,17 @@ def test_dropout_head_rebuilds_with_identical_keys(tmp_path):
     assert clf.config.head == {"name": "classifier.1", "dropout": 0.25}
 
 
-def test_training_transform_is_saved_as_its_eval_counterpart(tmp_path):
-    train_tf = imagenet_transform(True, size=40, resize=50, mean=(0.5, 0.5, 0.5), std=(0.2, 0.3, 0.4))
+@pytest.mark.parametrize("augment", ["light", "trivial", "randaugment"])
+def test_training_transform_is_saved_as_its_eval_counterpart(tmp_path, augment):
+    train_tf = imagenet_transform(True, size=40, resize=50, mean=(0.5, 0.5, 0.5), std=(0.2, 0.3, 0.4),
+                                  augment=augment)
     save_classifier(_mobilenet(), tmp_path, classes=CLASSES, transform=train_tf)
+    saved = json.loads((tmp_path / "classifier.json").read_text())["transform"]
+    assert saved == {"size": 40, "resize": 50, "mean": [0.5] * 3, "std": [0.2, 0.3, 0.4], "interpolation": "bilinear"}
     tf = load_classifier(tmp_path).transform
-    assert (tf.train, tf.size, tf.resize, tf.mean, tf.std) == (False, 40, 50, [0.5] * 3, [0.2, 0.3, 0.4])
+    assert (tf.train, tf.augment, tf.size, tf.resize, tf.mean, tf.std) == (False, "none", 40, 50, [0.5] * 3,
+                                                                            [0.2, 0.3, 0.4])
+    assert Classifier(_mobilenet(), CLASSES, train_tf).transform.augment == "none"
     image = _photo()
     torch.testing.assert_close(tf(image), imagenet_transform(size=40, resize=50, mean=(0.5,) * 3,
                                                              std=(0.2, 0.3, 0.4))(image), rtol=0, atol=0)
@@ -417,7 +423,7 @@ def test_draft_true_sees_files_as_load_image_folder_does_and_the_default_decodes
 
 
 def test_predict_runs_in_channels_last_and_gives_the_model_back_contiguous(tmp_path, monkeypatch):
-    module = classifier_module
+    from transferlearn.ship import _inputs as module  # predict_proba's loop
     seen = []
     real = module.predict
 

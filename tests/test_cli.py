@@ -117,6 +117,23 @@ def test_fit_without_pretrained_weights_writes_a_complete_run(photos, tmp_path, 
     assert path.endswith("cat.jpg") and name in PHOTOS and 0 < float(probability) <= 1
 
 
+def test_predict_tta_prints_the_classifiers_tta_probabilities(photos, run_dir, capsys, monkeypatch):
+    from transferlearn.ship import _tta
+    new = sorted(str(p) for p in (photos / "new").iterdir())
+    viewed = []
+    real = _tta.views
+    monkeypatch.setattr(_tta, "views", lambda image, tf: viewed.append(1) or real(image, tf))
+    assert main(["predict", str(run_dir), *new, "--json", "--tta", "--top-k", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(viewed) == len(new)                                       # every image, through its views
+    clf = load_classifier(run_dir)
+    got = torch.tensor([[dict(r["top_k"])[c] for c in clf.classes] for r in rows])
+    torch.testing.assert_close(got, clf.predict_proba(new, tta=True), rtol=0, atol=1e-7)
+    viewed.clear()
+    assert main(["predict", str(run_dir), *new, "--json"]) == 0 and viewed == []   # off by default
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("name, epochs, expected", [
     ("auto", None, ("feature_extraction", recommend_strategy(6).warmup_epochs, 0)),
     ("auto", 3, ("feature_extraction", 3, 0)),

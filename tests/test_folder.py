@@ -191,7 +191,9 @@ def test_train_val_errors(tmp_path):
     (dict(val_fraction="0.2"), TypeError, r"val_fraction must be a real number, got '0.2'"),
     (dict(seed=-1), ValueError, r"seed must be an int >= 0, got -1"),
     (dict(seed=1.5), TypeError, r"seed must be an int >= 0, got 1.5"),
-    (dict(augment=1), TypeError, r"augment must be True or False, got 1 \(int\)"),
+    (dict(augment=1), TypeError,
+     r"augment must be one of 'none', 'light', 'trivial', 'randaugment' or True / False, got 1 \(int\)"),
+    (dict(augment="strong"), ValueError, r"augment must be one of 'none', .* or True / False, got 'strong'"),
     (dict(skip_broken="yes"), TypeError, r"skip_broken must be True or False, got 'yes'"),
     (dict(draft=0), TypeError, r"draft must be True or False, got 0"),
     (dict(check="full"), ValueError, r"check must be 'decode' \(full decode\) or 'header' \(Image.verify\), got 'full'"),
@@ -345,6 +347,40 @@ def test_cache_with_augmentation_crops_the_cached_tensor(tmp_path):
         a = cached.train[i][0]
         torch.manual_seed(i)
         assert torch.equal(a, plain.train[i][0])
+
+
+@pytest.mark.parametrize("augment, preset", [(False, "none"), ("none", "none"), (True, "light"), ("light", "light"),
+                                            ("trivial", "trivial"), ("randaugment", "randaugment")])
+def test_augment_names_the_training_preset_and_val_stays_eval(tmp_path, augment, preset):
+    make_folder(tmp_path, {"a": 3, "b": 3})
+    data = load_image_folder(tmp_path, augment=augment, **SMALL)
+    assert data.train.transform.augment == preset and data.val.transform.augment == "none"
+    assert is_deterministic(data.train) is (preset == "none") and is_deterministic(data.val)
+    assert (data.train.transform.size, data.train.transform.resize) == (32, 36)
+    if preset == "none":
+        assert data.train.transform is data.val.transform
+
+
+@pytest.mark.parametrize("augment", ["light", "trivial", "randaugment"])
+def test_cached_epochs_augment_anew_and_repeat_under_the_seed(tmp_path, augment):
+    """Random ops run on the cached decoded tensors: each epoch differs, a seeded rerun is identical,
+    and the cache gives what decoding again would."""
+    make_folder(tmp_path, {"a": 3, "b": 3})
+    cached = load_image_folder(tmp_path, augment=augment, **SMALL)
+    plain = load_image_folder(tmp_path, augment=augment, cache_bytes=0, **SMALL)
+    assert cached.cache.count == 6
+
+    def epochs(data, n=2):
+        torch.manual_seed(0)
+        loader, _ = data.loaders(batch_size=2, shuffle=False, num_workers=0)
+        return [torch.cat([x for x, _ in loader]) for _ in range(n)]
+    first, second = epochs(cached)
+    assert first.shape == (4, 3, 32, 32) and not torch.equal(first, second)
+    assert all(not torch.equal(a, b) for a, b in zip(first, second))          # every item, not just one
+    again = epochs(cached)
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1])
+    uncached = epochs(plain)
+    assert torch.equal(first, uncached[0]) and torch.equal(second, uncached[1])
 
 
 def test_cache_respects_its_cap(tmp_path):

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 import transferlearn.cli.commands as commands
-import transferlearn.ship.classifier as classifier_module
 from transferlearn import imagenet_transform, load_model
 from transferlearn.base import _host_id, atomic_write
 from transferlearn.cli import main
 from transferlearn.data.images import ImageReadError, load_image
+from transferlearn.ship import _inputs
 from transferlearn.ship.claim import CLAIM_NAME
 from transferlearn.ship.classifier import load_classifier, save_classifier
 
@@ -537,8 +537,8 @@ def test_predict_and_evaluate_decode_in_full_by_default(saved, tmp_path, monkeyp
             image.rotate(40 * c).save(tmp_path / name / f"{k}.jpg", quality=90)
     paths = sorted(str(p) for p in tmp_path.rglob("*.jpg"))
     seen = []
-    real = classifier_module.predict
-    monkeypatch.setattr(classifier_module, "predict", lambda m, b, **k: seen.append(b) or real(m, b, **k))
+    real = _inputs.predict                                       # predict_proba's loop
+    monkeypatch.setattr(_inputs, "predict", lambda m, b, **k: seen.append(b) or real(m, b, **k))
     clf = load_classifier(saved)
     clf.predict_proba(paths)
     full = torch.stack([TF(load_image(p)) for p in paths])

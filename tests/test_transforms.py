@@ -173,6 +173,10 @@ def test_output_shape_for_any_size_and_aspect(h, w, size, train, gray):
      r"have no image-classification preprocessing \(their transforms\(\) has no 'crop_size'\)"),
     (lambda: imagenet_transform(interpolation="bilinear"), TypeError, r"interpolation must be a torchvision InterpolationMode"),
     (lambda: imagenet_transform()(torch.rand(4, 8, 8)), ValueError, r"image tensor must have shape .* got \(4, 8, 8\)"),
+    (lambda: imagenet_transform(True, augment="heavy"), ValueError,
+     r"augment must be one of 'none', 'light', 'trivial', 'randaugment', got 'heavy'"),
+    (lambda: imagenet_transform(True, augment=True), TypeError, r"augment must be one of .*, got True"),
+    (lambda: imagenet_transform(augment="trivial"), ValueError, r"augment='trivial' needs train=True"),
     (lambda: imagenet_transform()("cat.png"), TypeError, r"image must be a PIL image, a torch.Tensor or a numpy array, got 'cat.png'"),
 ])
 def test_errors(call, exc, pattern):
@@ -205,3 +209,92 @@ def test_finish_on_train_pipeline_crops_and_flips_the_prepared_tensor():
     assert a.shape == (3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
     with pytest.raises(TypeError, match=r"img must be a tensor from prepare\(\), got <PIL"):
         tf.finish(photo(10, 10))
+
+
+# --- augmentation presets -----------------------------------------------------------------------
+
+def _oracle(ops, prepared: torch.Tensor, seed: int) -> torch.Tensor:
+    """torchvision's own ops on the prepared tensor, then scaling and ImageNet normalisation."""
+    from torchvision.transforms import functional as F
+    torch.manual_seed(seed)
+    out = ops(prepared)
+    out = F.convert_image_dtype(out, torch.float) if not out.is_floating_point() else out
+    return F.normalize(out, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+
+
+@pytest.mark.parametrize("augment", ["light", "trivial", "randaugment"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_each_preset_is_torchvisions_ops_on_the_prepared_tensor(augment, dtype):
+    from torchvision import transforms as T
+    from torchvision.transforms import v2
+    bilinear = T.InterpolationMode.BILINEAR                  # the policies resample as the crop does
+    policy = {"light": [], "trivial": [v2.TrivialAugmentWide(interpolation=bilinear)],
+              "randaugment": [v2.RandAugment(interpolation=bilinear)]}[augment]
+    ops = T.Compose([T.RandomResizedCrop(32, antialias=True), T.RandomHorizontalFlip(), *policy])
+    tf = imagenet_transform(True, size=32, augment=augment)
+    assert (tf.train, tf.augment, tf.deterministic) == (True, augment, False)
+    prepared = tf.prepare(photo(60, 80))
+    prepared = prepared if dtype == torch.uint8 else prepared.float() / 255   # a 16-bit image is cached as float
+    for seed in range(4):
+        torch.manual_seed(seed)
+        ours = tf.finish(prepared)
+        assert ours.shape == (3, 32, 32) and torch.isfinite(ours).all()
+        assert torch.equal(ours, _oracle(ops, prepared, seed))
+
+
+def test_default_training_preset_is_light_and_light_is_the_0_1_pipeline():
+    from torchvision import transforms as T
+    assert imagenet_transform(True).augment == "light" and imagenet_transform().augment == "none"
+    ops = T.Compose([T.RandomResizedCrop(32, antialias=True), T.RandomHorizontalFlip(),
+                     T.PILToTensor()])                              # what 0.1 ran on a PIL image
+    img = photo(60, 80)
+    torch.manual_seed(5)
+    ours = imagenet_transform(True, size=32)(img)
+    assert torch.equal(ours, _oracle(ops, img, 5))
+
+
+def test_preset_none_is_the_eval_pipeline_even_for_training():
+    tf = imagenet_transform(True, size=32, augment="none")
+    assert (tf.train, tf.augment, tf.deterministic) == (False, "none", True)
+    img = photo(60, 80)
+    assert torch.equal(tf(img), imagenet_transform(size=32)(img))
+    assert "augment='none'" in repr(tf) and "augment='trivial'" in repr(imagenet_transform(True, augment="trivial"))
+
+
+@pytest.mark.parametrize("augment", ["trivial", "randaugment"])
+def test_policies_draw_anew_on_each_call_and_repeat_under_a_seed(augment):
+    tf = imagenet_transform(True, size=32, augment=augment)
+    prepared = tf.prepare(photo(60, 80))
+    torch.manual_seed(0)
+    first = [tf.finish(prepared) for _ in range(3)]
+    torch.manual_seed(0)
+    again = [tf.finish(prepared) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+
+
+def test_imagepreprocess_refuses_a_preset_that_contradicts_train():
+    from torchvision.transforms import InterpolationMode
+
+    from transferlearn.data.transforms import ImagePreprocess
+    common = dict(size=8, resize=9, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation=InterpolationMode.BILINEAR)
+    with pytest.raises(ValueError, match=r"augment='none' does not fit train=True"):
+        ImagePreprocess(train=True, augment="none", **common)
+    with pytest.raises(ValueError, match=r"augment='light' does not fit train=False"):
+        ImagePreprocess(train=False, augment="light", **common)
+
+
+@pytest.mark.parametrize("make, deterministic", [
+    (lambda: imagenet_transform(True, augment="trivial"), False),
+    (lambda: imagenet_transform(True, augment="randaugment"), False),
+    (lambda: imagenet_transform(True, augment="none"), True),
+    (lambda: __import__("torchvision").transforms.v2.Compose(
+        [__import__("torchvision").transforms.v2.TrivialAugmentWide()]), False),
+    (lambda: __import__("torchvision").transforms.v2.RandAugment(), False),
+    (lambda: __import__("torchvision").transforms.v2.AutoAugment(), False),
+])
+def test_the_feature_cache_sees_the_random_ops(make, deterministic):
+    from torchvision.datasets import FakeData
+
+    from transferlearn.train.features import is_deterministic
+    assert is_deterministic(FakeData(size=2, transform=make())) is deterministic

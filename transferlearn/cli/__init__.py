@@ -22,6 +22,7 @@ import torch
 
 from ..model.load import MissingWeightsError
 from ..ship.format import MAX_SIDE
+from . import _runfile
 from . import commands as commands
 from . import lr_find as lr_find
 
@@ -53,7 +54,9 @@ def _side(text: str) -> int:
 
 def _fit_parser(sub: Any) -> None:
     fit = sub.add_parser("fit", help="train a classifier on a folder of images and save it")
-    fit.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>, or DATA_DIR/train + DATA_DIR/val")
+    fit.add_argument("data_dir", metavar="DATA_DIR", nargs="?",
+                     help="DATA_DIR/<class>/<image>, or DATA_DIR/train + DATA_DIR/val (with --config or --resume: "
+                     "default the run's)")
     fit.add_argument("--out", required=True, metavar="RUN_DIR", help="new folder for the classifier and its report")
     fit.add_argument("--arch", default="mobilenet_v2", help="load_model architecture (default mobilenet_v2)")
     fit.add_argument("--weights", default="DEFAULT", help="pretrained weights: IMAGENET1K_V1, DEFAULT, ... or none")
@@ -70,6 +73,7 @@ def _fit_parser(sub: Any) -> None:
                      help="save into a RUN_DIR that is not empty, or that an interrupted fit left")
     fit.add_argument("--tensorboard", metavar="DIR", default=None, help="also log to TensorBoard in DIR (a new folder)")
     fit.set_defaults(run=commands.fit)
+    _runfile.add_run_flags(fit)          # the recipe's flags, --config, --resume; settings resolved in commands.fit
 
 
 def _explain_parser(sub: Any) -> None:
@@ -102,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="a JSON list instead of one line per image")
     pr.add_argument("--batch-size", type=_positive, default=32)
     pr.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    pr.add_argument("--tta", action="store_true",
+                    help="test-time augmentation: mean over the centre crop, corner crops and mirrors")
     pr.set_defaults(run=commands.predict)
     _explain_parser(sub)
     ex = sub.add_parser("export", help="write the classifier as ONNX (dynamic batch, probabilities out)")

@@ -26,6 +26,7 @@ from ..train.loggers import CSVLogger, TensorBoardLogger
 from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy, row_strategy
 from ..train.trainer import Trainer
+from . import _runfile as runfile
 
 __all__ = ["PROGRESS_EVERY", "STRATEGIES", "evaluate", "explain", "export", "fit", "install", "predict", "recommend"]
 
@@ -33,10 +34,12 @@ STRATEGIES = ("auto", "feature_extraction", "fine_tune_last", "fine_tune_all")
 PROGRESS_EVERY = 500          # predict's progress, when stderr is not a terminal: a line per this many files
 
 
-def _strategy(name: str, smallest_class: int, epochs: int | None) -> Strategy:
+def _strategy(name: str, smallest_class: int, epochs: int | None, *, similar_domain: bool = True) -> Strategy:
     """The table's row for the smallest class (a named strategy: the data size brought into
-    that row's range, so settings that follow the size still do), epochs split across phases."""
-    strategy = recommend_strategy(smallest_class) if name == "auto" else row_strategy(name, smallest_class)
+    that row's range, so settings that follow the size still do), epochs split across phases;
+    ``similar_domain`` is the table's question for ``auto``."""
+    strategy = (recommend_strategy(smallest_class, similar_domain=similar_domain) if name == "auto"
+                else row_strategy(name, smallest_class))
     if epochs is None:
         return strategy
     warm, fine = strategy.warmup_epochs, strategy.finetune_epochs
@@ -53,15 +56,20 @@ def _outside_data(out: str, data_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def _claimed_run_dir(out: str, force: bool) -> Iterator[Path]:
+def _claimed_run_dir(out: str, force: bool, resume: bool = False) -> Iterator[Path]:
     """Claim ``--out`` for the whole fit (one writer at a time; an interruption stays marked), then
-    refuse it if it holds anything and ``--force`` is not given. Nothing is overwritten without it."""
+    refuse it if it holds anything and ``--force`` is not given. Nothing is overwritten without it.
+    ``resume``: take over the dead claim of the interrupted fit it continues (a live one is refused)."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"--out {out!r} is a file; give a new folder for the run")
+    if resume and not path.is_dir():
+        raise FileNotFoundError(f"--resume: --out {out!r} does not exist; it must be the folder of the fit to continue")
+    if not (force or resume):
+        runfile.refuse_interrupted(path, out)
     only_a_claim = path.is_dir() and all(p.name.startswith(CLAIM_NAME) for p in path.iterdir())
-    with claimed(path, "transferlearn fit", take_over=force or only_a_claim):   # nothing else to lose
-        if not force and any(not p.name.startswith(CLAIM_NAME) for p in path.iterdir()):
+    with claimed(path, "transferlearn fit", take_over=force or only_a_claim or resume):   # nothing else to lose
+        if not (force or resume) and any(not p.name.startswith(CLAIM_NAME) for p in path.iterdir()):
             raise ValueError(f"--out {out!r} exists and is not empty; give a new folder for the run, or pass "
                              "--force to save into it (its classifier, history, metrics and plots are "
                              "replaced, other files kept)")
@@ -77,28 +85,41 @@ def _summary(report: ClassificationReport | None, history: Any) -> str:
 
 
 def fit(args: argparse.Namespace) -> None:
-    """``transferlearn fit DATA_DIR --out RUN_DIR ...``: claim RUN_DIR, train, save, report."""
+    """``transferlearn fit DATA_DIR --out RUN_DIR ...``: claim RUN_DIR, train, save, report. Settings:
+    ``_runfile.resolve``; ``RUN_DIR/run.json`` and ``RUN_DIR/checkpoints`` make the run resumable."""
+    settings = runfile.resolve(args)
+    args = argparse.Namespace(**{**vars(args), **settings})
     _outside_data(args.out, args.data_dir)                   # before the claim creates --out
-    with _claimed_run_dir(args.out, args.force) as out:
-        _fit(args, out)
+    with _claimed_run_dir(args.out, args.force, args.resume) as out:
+        if args.resume:
+            runfile.check_resumable(out)
+        elif args.force:
+            runfile.remove_checkpoints(out)                  # --force starts again: the old run's checkpoint goes
+        _fit(args, out, settings)
 
 
-def _fit(args: argparse.Namespace, out: Path) -> None:
+def _fit(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
     seed_everything(check_seed("--seed", args.seed))   # before any weight is drawn: the new head, or weights none
     weights = None if args.weights.lower() == "none" else args.weights
     model = load_model(args.arch, weights=weights)           # unknown arch or missing weights: before any scan
     # the model's own preprocessing (its anatomy's data config: timm's pretrained_cfg, the torchvision
     # weights' transforms, else ImageNet's), at --image-size when given
     data = load_image_folder(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, model=model,
-                             size=args.image_size)
-    strategy = _strategy(args.strategy, min(data.counts["train"].values()), args.epochs)
+                             size=args.image_size, augment=args.augment,
+                             balance=None if args.balance == "none" else args.balance)
+    strategy = _strategy(args.strategy, min(data.counts["train"].values()), args.epochs,
+                         similar_domain=not args.different_domain)
+    options = runfile.fit_options(args, strategy)
     replace_head(model, len(data.classes))
     train_loader, val_loader = data.loaders(args.batch_size, num_workers=args.workers)
     print(f"{len(data.classes)} classes, {len(data.train)} training and "
           f"{len(data.val) if data.val is not None else 0} validation images; strategy {strategy.kind} "
           f"({strategy.warmup_epochs} warm-up + {strategy.finetune_epochs} fine-tune epochs)")
     loggers = [*([TensorBoardLogger(args.tensorboard)] if args.tensorboard else []), CSVLogger(out / "log.csv")]
-    history = Trainer(model, seed=args.seed, callbacks=loggers).fit(train_loader, val_loader, strategy=strategy)
+    trainer = Trainer(model, seed=args.seed, device=args.device, amp=runfile.AMP[args.amp],
+                      checkpoint_dir=out / runfile.CHECKPOINTS, callbacks=loggers)  # bad settings: refused here
+    runfile.write_run_file(out, settings, {"strategy": asdict(strategy), "classes": data.classes})
+    history = trainer.fit(train_loader, val_loader, strategy=strategy, resume=args.resume, **options)
     full = ImageFiles(data.val.samples, data.classes, data.val.transform, draft=False) if data.val else None
     report = classification_report(model, full, data.classes) if full is not None else None  # as evaluate
     metrics = {**(report.to_dict() if report else {}), "best_epoch": history.best["epoch"] if history.best else None,
@@ -110,6 +131,7 @@ def _fit(args: argparse.Namespace, out: Path) -> None:
         report.plot_confusion_matrix(out / "confusion_matrix.png")
         report.plot_top_losses(out / "top_losses.png")
     _fit_html(out, report, history, model, args, strategy, data)
+    runfile.remove_checkpoints(out)                           # the classifier is saved: nothing left to resume
     print(_summary(report, history))
     print(f"saved the classifier to {out}")
 
@@ -201,15 +223,16 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def predict(args: argparse.Namespace) -> None:
-    """``transferlearn predict RUN_DIR IMAGE... [--top-k K] [--json] [--no-progress]``: results are
-    printed batch by batch as they are computed (``--json``: one JSON list, streamed)."""
+    """``transferlearn predict RUN_DIR IMAGE... [--top-k K] [--json] [--no-progress] [--tta]``: results
+    are printed batch by batch as they are computed (``--json``: one JSON list, streamed)."""
     clf = load_classifier(args.run_dir)
     images, step = list(args.images), args.batch_size
     progress = _Progress(len(images), not args.no_progress)
     try:
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
-            rows = [{"path": p, **r} for p, r in zip(chunk, clf.predict(chunk, top_k=args.top_k, batch_size=step))]
+            results = clf.predict(chunk, top_k=args.top_k, batch_size=step, tta=args.tta)
+            rows = [{"path": p, **r} for p, r in zip(chunk, results)]
             if args.json:
                 text = ", ".join(json.dumps(r, allow_nan=False) for r in rows)
                 print(("[" if start == 0 else ", ") + text, end="")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,15 +19,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..base import check_bool, check_float, check_int, check_path, describe
+from ..base import check_bool, check_int
+from . import _checks as checks
+from .augment import check_augment
+from .balance import balanced_sampler, check_balance
 from .imagefiles import ImageCache, ImageFiles, prepare_file
 from .images import ImageReadError, check_header
-from .scan import RUN_MARKER, Scan, scan_layout
+from .scan import Scan, scan_layout
 from .transforms import ImagePreprocess, imagenet_transform
 
 __all__ = ["FolderData", "load_image_folder", "split_counts"]
 
 Samples = list[tuple[str, int]]
+_FOLDER: Any = object()          # loaders(balance=...) not given: the folder's own setting
 
 
 def split_counts(n: int, val_fraction: float) -> int:
@@ -81,17 +84,6 @@ def _check_files(paths: list[str], check: str, transform: ImagePreprocess, cache
     return {path: reason for path, reason in zip(paths, reasons) if reason is not None}
 
 
-def _drop_broken(files: dict[str, list[str]], broken: dict[str, str], folder: Path) -> dict[str, list[str]]:
-    kept = {name: [p for p in paths if p not in broken] for name, paths in files.items()}
-    for name, paths in kept.items():
-        if not paths:
-            where = str(folder / name)
-            reasons = [r for p, r in broken.items() if p == where or p.startswith(where + os.sep)]
-            raise ValueError(f"class folder {where!r} has no readable images "
-                             f"({len(reasons)} skipped as broken, e.g. {reasons[0]!r})")
-    return kept
-
-
 def _read_all(root: Path, scan: Scan, skip_broken: bool, read: Any) -> tuple[dict, list[tuple[str, str]]]:
     """Read every file the scan found (``read(paths) -> {broken path: reason}``; broken links
     and unlistable folders are not read); raise for the first broken one unless ``skip_broken``.
@@ -103,22 +95,9 @@ def _read_all(root: Path, scan: Scan, skip_broken: bool, read: Any) -> tuple[dic
         first = next(p for p in ordered if p in broken)
         more = f"; {len(broken) - 1} more unreadable" if len(broken) > 1 else ""
         raise ImageReadError(first, f"{broken[first]}{more} (skip_broken=True leaves them out, listed in .skipped)")
-    parts = {k: _drop_broken(f, broken, root / k if scan.layout == "train/val" else root)
+    parts = {k: checks.drop_broken(f, broken, root / k if scan.layout == "train/val" else root)
              for k, f in scan.parts.items()}
     return parts, [(p, broken[p]) for p in ordered if p in broken] + scan.notes
-
-
-def _check_classes(scan: Scan, min_classes: int) -> None:
-    """At least ``min_classes`` classes, before any file is decoded; runs found are warned."""
-    if scan.runs:
-        warnings.warn(f"left out {len(scan.runs)} folder(s) holding {RUN_MARKER} (a transferlearn run or saved "
-                      f"classifier, not a class): {', '.join(map(repr, scan.runs))}; they are listed in "
-                      ".skipped. Keep run folders outside the data folder", UserWarning, stacklevel=3)
-    files = next(iter(scan.parts.values()))
-    if len(files) < min_classes:
-        counts = ", ".join(f"{name!r}: {len(paths)} images" for name, paths in files.items())
-        raise ValueError(f"found {len(files)} class folder(s) ({counts}); a classifier needs at least "
-                         f"{min_classes} classes: add a folder of images per class (min_classes={min_classes})")
 
 
 class FolderData:
@@ -136,27 +115,39 @@ class FolderData:
             run, not a class), each second path to a file already counted (a link), each link
             to a folder already read.
         cache: the shared ``ImageCache`` (None when ``cache_bytes=0``).
+        balance: how ``loaders()`` draws training batches by default: None (shuffled) or
+            ``"sampler"`` (class-balanced, ``balanced_sampler``).
+        seed: the folder's seed (the split's, and the balanced sampler's generator's).
     """
 
     def __init__(self, root: Path, layout: str, classes: list[str], train: ImageFiles,
-                 val: ImageFiles | None, skipped: list[tuple[str, str]], cache: ImageCache | None) -> None:
+                 val: ImageFiles | None, skipped: list[tuple[str, str]], cache: ImageCache | None, *,
+                 balance: str | None = None, seed: int = 0) -> None:
         self.root, self.layout, self.classes = root, layout, classes
         self.train, self.val, self.skipped, self.cache = train, val, skipped, cache
+        self.balance, self.seed = check_balance(balance), check_int("seed", seed)
         self.counts = {name: {c: 0 for c in classes} for name in ("train", "val")}
         for name, ds in (("train", train), ("val", val)):
             for label in (ds.targets if ds is not None else []):
                 self.counts[name][classes[label]] += 1
 
     def loaders(self, batch_size: int = 32, *, num_workers: int | None = None, pin_memory: bool | None = None,
-                shuffle: bool = True, **options: Any) -> tuple[DataLoader, DataLoader | None]:
-        """DataLoaders for ``train`` (shuffled) and ``val`` (in order) with sensible defaults.
+                shuffle: bool | None = None, balance: Any = _FOLDER,
+                **options: Any) -> tuple[DataLoader, DataLoader | None]:
+        """DataLoaders for ``train`` (shuffled, or class-balanced) and ``val`` (in order) with sensible defaults.
 
         Args:
             batch_size: images per batch.
             num_workers: worker processes; default 0 when the cache holds every image of both
                 splits (reading memory needs no helpers), else ``os.cpu_count()`` capped at 8.
             pin_memory: default True exactly when CUDA is available.
-            shuffle: shuffle the training loader.
+            shuffle: shuffle the training loader (default True; not with ``balance="sampler"``,
+                whose sampler decides the order).
+            balance: ``"sampler"``: the training loader draws through ``balanced_sampler``
+                (each class equally often in expectation, with replacement, ``len(train)``
+                draws per epoch, its generator seeded by the folder's ``seed``: a new,
+                identically seeded sampler per call); None: plain shuffling. Default: the
+                folder's ``balance`` (``load_image_folder(balance=...)``).
             **options: any other ``DataLoader`` option (``generator``, ``drop_last``, ...), for both.
                 ``persistent_workers`` defaults to True when there are workers.
 
@@ -164,20 +155,35 @@ class FolderData:
             ``(train_loader, val_loader)``; ``val_loader`` is None when there is no validation split.
 
         Raises:
-            TypeError, ValueError: bad ``batch_size``, ``num_workers``, ``pin_memory`` or ``shuffle``.
+            TypeError, ValueError: bad ``batch_size``, ``num_workers``, ``pin_memory``, ``shuffle``
+                or ``balance``; ``balance="sampler"`` with ``shuffle=True`` or a ``sampler`` /
+                ``batch_sampler`` of your own.
 
         Example:
             >>> train_loader, val_loader = tl.load_image_folder("photos").loaders(batch_size=64)
+            >>> balanced, _ = tl.load_image_folder("photos").loaders(balance="sampler")
         """
         batch_size = check_int("batch_size", batch_size, minimum=1)
         workers = self._default_workers() if num_workers is None else check_int("num_workers", num_workers)
         for name, value in (("pin_memory", pin_memory), ("shuffle", shuffle)):
-            if value is not None and not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, got {describe(value)}")
+            if value is not None:
+                check_bool(name, value)
         options = {"persistent_workers": workers > 0, **options, "batch_size": batch_size, "num_workers": workers,
                    "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory}
-        train = DataLoader(self.train, shuffle=shuffle, **options)
+        train = DataLoader(self.train, **self._order(self.balance if balance is _FOLDER else balance, shuffle,
+                                                     options), **options)
         return train, (DataLoader(self.val, shuffle=False, **options) if self.val is not None else None)
+
+    def _order(self, balance: Any, shuffle: bool | None, options: dict[str, Any]) -> dict[str, Any]:
+        """The training loader's ``shuffle`` or ``sampler`` for ``balance``."""
+        if check_balance(balance) is None:
+            return {"shuffle": True if shuffle is None else shuffle}
+        mine = [name for name in ("sampler", "batch_sampler") if options.get(name) is not None]
+        if shuffle or mine:
+            given = f"shuffle={shuffle}" if shuffle else f"{mine[0]}="
+            raise ValueError(f"balance='sampler' draws the training batches itself; {given} would choose them "
+                             "too: pass one of the two")
+        return {"sampler": balanced_sampler(self.train.targets, seed=self.seed)}
 
     def _default_workers(self) -> int:
         everything = self.train.samples + (self.val.samples if self.val is not None else [])
@@ -191,42 +197,12 @@ class FolderData:
                 f"train={len(self.train)}, val={n_val}, skipped={len(self.skipped)}, cache={self.cache!r})")
 
 
-def _check_options(val_fraction: Any, seed: Any, flags: dict[str, Any], check: Any, max_imbalance: Any) -> None:
-    check_float("val_fraction", val_fraction, minimum=0.0, maximum=1.0)
-    if val_fraction >= 1:
-        raise ValueError(f"val_fraction must be >= 0 and < 1 (some images must train), got {val_fraction!r}")
-    check_int("seed", seed)
-    for name, value in flags.items():
-        check_bool(name, value)
-    if check not in ("decode", "header"):
-        raise ValueError(f"check must be 'decode' (full decode) or 'header' (Image.verify), got {describe(check)}")
-    if max_imbalance is not None:
-        check_float("max_imbalance", max_imbalance, minimum=1.0)
-
-
-def _check_root(root: Any) -> Path:
-    root = check_path("root", root)
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"image folder {str(root)!r} is a file, not a folder of class folders")
-    return root
-
-
-def _warn_imbalance(counts: dict[str, dict[str, int]], max_imbalance: float | None) -> None:
-    total = {c: counts["train"][c] + counts["val"][c] for c in counts["train"]}
-    big, small = max(total, key=total.get), min(total, key=total.get)   # type: ignore[arg-type]
-    if max_imbalance is not None and total[big] > max_imbalance * total[small]:
-        warnings.warn(f"class imbalance: {big!r} has {total[big]} images, {small!r} has {total[small]} "
-                      f"(ratio {total[big] / total[small]:.1f} > max_imbalance={max_imbalance:g}); consider a "
-                      "WeightedRandomSampler or class weights in the loss", UserWarning, stacklevel=3)
-
-
 def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0, weights: Any = None,
-                      size: int | None = None, resize: int | None = None, augment: bool = False,
+                      size: int | None = None, resize: int | None = None, augment: bool | str = False,
                       skip_broken: bool = False, check: str = "decode", draft: bool = True,
                       cache_bytes: int = 2**30, max_imbalance: float | None = 10.0,
-                      workers: int | None = None, model: Any = None, min_classes: int = 2) -> FolderData:
+                      workers: int | None = None, model: Any = None, min_classes: int = 2,
+                      balance: str | None = None) -> FolderData:
     """Train and validation datasets from a folder of images, checked before training starts.
 
     Layouts: ``root/train/<class>/...`` and ``root/val/<class>/...`` when both exist (same
@@ -249,8 +225,13 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         weights: torchvision weights (enum or name) whose preprocessing to use.
         size: output side; the resize keeps the weights' ratio (256/224) unless ``resize`` is given.
         resize: shorter side before cropping.
-        augment: random resized crop and flip for ``train`` (then not deterministic, so the
-            Trainer's feature cache does not apply); ``val`` is always the eval pipeline.
+        augment: the training split's augmentation preset (``data/augment.py``): ``"none"``
+            (or False, the default: the eval pipeline), ``"light"`` (or True: random resized
+            crop and flip), ``"trivial"`` (+ TrivialAugmentWide) or ``"randaugment"`` (+
+            RandAugment). Any preset but ``"none"`` makes ``train`` random (not
+            deterministic), so the Trainer's feature cache does not apply to it; the random
+            operations run on the decoded-image cache's tensors, drawing anew on every read.
+            ``val`` is always the eval pipeline.
         skip_broken: leave unreadable files out (listed in ``.skipped``) instead of raising.
         check: ``"decode"`` decodes every file now (finds truncated files; fills the cache);
             ``"header"`` only opens and verifies each file (much faster, misses a JPEG cut
@@ -258,7 +239,7 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         draft: decode JPEGs at the smallest power-of-two reduction still >= ``resize``.
         cache_bytes: cap of the decoded-image cache shared by both splits (0: no cache).
         max_imbalance: warn when the largest class has more than this many times the images
-            of the smallest (None: never).
+            of the smallest (None: never; nor with ``balance``).
         workers: threads for the check (default ``os.cpu_count()``, at most 8).
         model: a model (or its ``Anatomy``) whose own preprocessing to use instead of
             ``weights`` (see ``imagenet_transform(model=...)``: a timm model's
@@ -266,6 +247,9 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         min_classes: refuse a folder with fewer class folders, before any file is decoded
             (default 2: a classifier needs two classes; 1 to read a one-class folder, e.g. to
             evaluate on it).
+        balance: ``"sampler"``: ``.loaders()`` draws class-balanced training batches
+            (``balanced_sampler``: weights 1 / class count, with replacement, seeded by
+            ``seed``); None (default): shuffled.
 
     Returns:
         A ``FolderData`` with ``.train``, ``.val``, ``.classes``, ``.counts``, ``.skipped``,
@@ -284,15 +268,16 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         >>> data.classes, data.counts["val"]["King"]
         (['Bishop', 'King', 'Knight', 'Pawn', 'Queen', 'Rook'], 15)
         >>> train_loader, val_loader = data.loaders(batch_size=32)
+        >>> balanced = tl.load_image_folder("scans", balance="sampler").loaders()[0]
     """
-    root = _check_root(root)
-    _check_options(val_fraction, seed, {"augment": augment, "skip_broken": skip_broken, "draft": draft},
-                   check, max_imbalance)
+    root = checks.check_root(root)
+    checks.check_options(val_fraction, seed, {"skip_broken": skip_broken, "draft": draft}, check, max_imbalance)
+    preset, balance = check_augment(augment, bools=True), check_balance(balance)
     workers = min(os.cpu_count() or 1, 8) if workers is None else check_int("workers", workers, minimum=1)
     eval_tf = imagenet_transform(weights=weights, size=size, resize=resize, model=model)
     cache = ImageCache(cache_bytes) if check_int("cache_bytes", cache_bytes) else None
     scan = scan_layout(root)
-    _check_classes(scan, check_int("min_classes", min_classes, minimum=1))
+    checks.check_classes(scan, check_int("min_classes", min_classes, minimum=1))
     parts, skipped = _read_all(root, scan, skip_broken, lambda paths: _check_files(paths, check, eval_tf, cache,
                                                                                  draft, workers))
     layout, classes = scan.layout, list(next(iter(parts.values())))
@@ -300,9 +285,10 @@ def load_image_folder(root: str | os.PathLike, *, val_fraction: float = 0.2, see
         train, val = _split(parts["all"], val_fraction, seed)
     else:
         train, val = ([(p, i) for i, ps in enumerate(parts[k].values()) for p in ps] for k in ("train", "val"))
-    train_tf = imagenet_transform(True, weights=weights, size=size, resize=resize, model=model) if augment else eval_tf
+    train_tf = eval_tf if preset == "none" else imagenet_transform(True, weights=weights, size=size, resize=resize,
+                                                                   model=model, augment=preset)
     data = FolderData(root, layout, classes, ImageFiles(train, classes, train_tf, cache=cache, draft=draft),
                       ImageFiles(val, classes, eval_tf, cache=cache, draft=draft) if val else None,
-                      skipped, cache)
-    _warn_imbalance(data.counts, max_imbalance)
+                      skipped, cache, balance=balance, seed=seed)
+    checks.warn_imbalance(data.counts, None if balance else max_imbalance)
     return data

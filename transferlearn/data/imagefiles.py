@@ -3,8 +3,8 @@
 ``ImageFiles`` reads each file with ``load_image`` (optionally in JPEG draft mode), runs the
 deterministic half of an ``ImagePreprocess`` (``prepare``: 3 channels, shorter side to
 ``resize``) and then its cropping half (``finish``). An ``ImageCache`` keeps the prepared
-tensors (uint8 for 8-bit photos) so that later epochs skip decoding and resizing; random
-crops and flips, when augmenting, are applied to the cached tensors.
+tensors (uint8 for 8-bit photos) so that later epochs skip decoding and resizing; when
+augmenting, the preset's random operations run on the cached tensors, drawing anew on every read.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What ``Classifier.predict`` accepts, checked; images read, bounded in size and preprocessed."""
+"""What ``Classifier.predict`` accepts, checked; images read, bounded in size, preprocessed and run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from ..base import describe
+from ..base import describe, run_device
 from ..data.images import ImageReadError, load_image
 from ..data.transforms import ImagePreprocess
+from ..train.evaluation import predict
+from ..train.runtime import memory_layout, use_channels_last
+from . import _tta
 
 __all__: list[str] = []
 
@@ -68,13 +72,32 @@ def _check_resized_pixels(width: int, height: int, resize: int, what: str, is_fi
         raise ImageReadError(what, reason) if is_file else ValueError(f"{what}: {reason}")
 
 
-def prepared(item: Any, where: str, transform: ImagePreprocess, draft: bool) -> torch.Tensor:
-    """Read (a path), bound the resized size, and apply ``transform``."""
+def prepared(item: Any, where: str, transform: ImagePreprocess, draft: bool, tta: bool = False) -> torch.Tensor:
+    """Read (a path), bound the resized size, and apply ``transform``: one (3, S, S) tensor, or
+    with ``tta`` the (V, 3, S, S) views of ``_tta.views``."""
+    preprocess = (lambda image: _tta.views(transform.prepare(image), transform)) if tta else transform
     if isinstance(item, Path):
         side = transform.resize
         image = load_image(item, draft=(side, side) if draft else None)
         _check_resized_pixels(image.width, image.height, transform.resize, str(item), True)
-        return transform(image)
+        return preprocess(image)
     width, height = item.size if isinstance(item, Image.Image) else (item.shape[-1], item.shape[-2])
     _check_resized_pixels(width, height, transform.resize, where, False)
-    return transform(item)
+    return preprocess(item)
+
+
+def probabilities(model: nn.Module, images: list[tuple[Any, str]], transform: ImagePreprocess, num_classes: int,
+                  *, batch_size: int, draft: bool, tta: bool) -> torch.Tensor:
+    """``Classifier.predict_proba``'s loop: ``batch_size`` images at a time (with ``tta``, their
+    views run in forward passes of ``batch_size``), in the model's dtype and memory layout, as
+    float32 probabilities (with ``tta``: the mean of the softmax over each image's views)."""
+    rows = [torch.empty(0, num_classes)]
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    fast = use_channels_last("auto", run_device(model), model)  # as the Trainer runs it
+    with memory_layout(model, fast):
+        for start in range(0, len(images), batch_size):
+            chunk = [prepared(x, where, transform, draft, tta) for x, where in images[start:start + batch_size]]
+            batch = torch.cat(chunk) if tta else torch.stack(chunk)
+            probs = predict(model, batch.to(dtype), batch_size=batch_size).float()
+            rows.append(probs.view(len(chunk), -1, probs.shape[1]).mean(1) if tta else probs)
+    return torch.cat(rows)

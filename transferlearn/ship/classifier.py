@@ -20,10 +20,8 @@ import torchvision
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from ..base import atomic_write, check_bool, check_int, check_module, run_device
+from ..base import atomic_write, check_bool, check_int, check_module
 from ..data.transforms import ImagePreprocess, imagenet_transform
-from ..train.evaluation import predict
-from ..train.runtime import memory_layout, use_channels_last
 from . import _inputs as inputs
 from . import _parts as parts
 from . import _reading as reading
@@ -137,13 +135,15 @@ class Classifier:
         arch = self.config.arch if self.config else type(self.model).__name__
         return f"Classifier({arch}, {len(self.classes)} classes, {self.transform!r})"
 
-    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = False) -> torch.Tensor:
+    def predict_proba(self, items: Any, *, batch_size: int = 32, draft: bool = False,
+                      tta: bool = False) -> torch.Tensor:
         """Class probabilities, shape ``(N, num_classes)``, for the images in ``items``.
 
         Args:
             items: see ``predict``.
             batch_size: images transformed and run together.
             draft: see ``predict``.
+            tta: see ``predict``.
 
         Returns:
             A float32 tensor on the CPU; row ``i`` belongs to the ``i``-th image. The model
@@ -154,21 +154,14 @@ class Classifier:
             TypeError, ValueError: as ``predict``.
 
         Example:
-            >>> clf.predict_proba(["a.jpg", "b.jpg"]).shape
+            >>> clf.predict_proba(["a.jpg", "b.jpg"], tta=True).shape
             torch.Size([2, 3])
         """
         check_int("batch_size", batch_size, minimum=1)
         check_bool("draft", draft)
-        images = inputs.items(items)
-        rows = [torch.empty(0, len(self.classes))]
-        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
-        fast = use_channels_last("auto", run_device(self.model), self.model)  # as the Trainer runs it
-        with memory_layout(self.model, fast):
-            for start in range(0, len(images), batch_size):
-                batch = torch.stack([inputs.prepared(x, where, self.transform, draft)
-                                     for x, where in images[start:start + batch_size]])
-                rows.append(predict(self.model, batch.to(dtype), batch_size=batch_size).float())
-        return torch.cat(rows)
+        check_bool("tta", tta)
+        return inputs.probabilities(self.model, inputs.items(items), self.transform, len(self.classes),
+                                    batch_size=batch_size, draft=draft, tta=tta)
 
     def explain(self, items: Any, *, target: Any = None, draft: bool = False,
                 method: str = "hirescam") -> list[torch.Tensor]:
@@ -201,8 +194,8 @@ class Classifier:
         return explain_images(self, [item for item, _ in inputs.items(items)], target=target, draft=draft,
                               method=method)
 
-    def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32,
-                draft: bool = False) -> list[dict[str, Any]]:
+    def predict(self, items: Any, top_k: int = 1, *, batch_size: int = 32, draft: bool = False,
+                tta: bool = False) -> list[dict[str, Any]]:
         """Classify one or many images.
 
         Args:
@@ -216,6 +209,10 @@ class Classifier:
                 at the smallest power-of-two reduction still at least the transform's
                 ``resize`` (as ``load_image_folder`` does by default for training), faster
                 on large photos; the pixels then differ slightly (docs/shipping.md).
+            tta: test-time augmentation: the mean of the softmax over the centre crop and its
+                mirror, and, when the resize leaves room (``resize > size``), the four corner
+                crops and their mirrors too (10 views, the classic ten-crop); that many times
+                the compute (docs/augmentation.md). False: bitwise the plain prediction.
 
         Returns:
             One dict per image, in order: ``{"class": name, "probability": p,
@@ -231,9 +228,11 @@ class Classifier:
             >>> clf = load_classifier("runs/pets")
             >>> clf.predict("cat.jpg", top_k=2)
             [{'class': 'cat', 'probability': 0.93, 'top_k': [['cat', 0.93], ['dog', 0.07]]}]
+            >>> clf.predict("cat.jpg", tta=True)[0]["class"]
+            'cat'
         """
         check_int("top_k", top_k, minimum=1, maximum=len(self.classes))
-        probs = self.predict_proba(items, batch_size=batch_size, draft=draft)
+        probs = self.predict_proba(items, batch_size=batch_size, draft=draft, tta=tta)
         values, indices = probs.topk(top_k, dim=1)
         out = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
