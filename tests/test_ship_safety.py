@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -133,6 +134,30 @@ def test_export_refuses_an_existing_file_and_the_classifiers_own_files(run, tmp_
     assert main(["export", str(run), "--onnx", str(other)]) == 2
     assert f"--onnx '{other}' exists; pass --force to replace it" in _one_error(capsys)
     assert (run / "classifier.json").read_bytes() == config_bytes and other.read_bytes() == b"someone's model"
+    load_classifier(run)                                       # the run is alive
+
+
+def test_evaluate_html_refuses_an_existing_file_and_never_writes_a_file_of_the_classifier(run, folder, tmp_path,
+                                                                                          capsys):
+    """review finding 1: `evaluate --html FILE` replaced any file, the run's classifier.json too."""
+    own = {name: (run / name).read_bytes() for name in os.listdir(run)}
+    notes, image = tmp_path / "notes.txt", folder / "cat" / "0.png"
+    notes.write_text("my notes")
+    image_bytes = image.read_bytes()
+    (tmp_path / "alias.json").symlink_to(run / "classifier.json")
+    for target in (notes, image):
+        assert main(["evaluate", str(run), str(folder), "--html", str(target)]) == 2
+        assert f"--html '{target}' exists; pass --force to replace it" in _one_error(capsys)
+    weights = load_classifier(run).config.weights_file
+    for target, name in [(run / "classifier.json", "classifier.json"), (run / weights, "model-"),
+                         (tmp_path / "alias.json", "classifier.json")]:
+        assert main(["evaluate", str(run), str(folder), "--html", str(target), "--force"]) == 2
+        assert re.search(rf"--html='.*' is the {name}.* of the classifier being evaluated", _one_error(capsys))
+    assert {name: (run / name).read_bytes() for name in os.listdir(run)} == own
+    assert notes.read_text() == "my notes" and image.read_bytes() == image_bytes
+    assert main(["evaluate", str(run), str(folder), "--html", str(notes), "--force"]) == 0   # told to: replaced
+    assert notes.read_text().startswith("<!DOCTYPE html>")
+    capsys.readouterr()
     load_classifier(run)                                       # the run is alive
 
 

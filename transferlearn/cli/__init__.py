@@ -97,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     ev.add_argument("--batch-size", type=_positive, default=64)
     ev.add_argument("--html", metavar="FILE", default=None,
-                    help="also write the report as one self-contained HTML page")
+                    help="also write the report as one self-contained HTML page (a new file; never one of the "
+                    "classifier's)")
+    ev.add_argument("--force", action="store_true", help="replace the --html FILE if it exists")
     ev.set_defaults(run=commands.evaluate)
     pr = sub.add_parser("predict", help="classify image files")
     pr.add_argument("run_dir", metavar="RUN_DIR")

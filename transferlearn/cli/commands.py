@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..model.load import install_weights, load_model
 from ..ship.claim import CLAIM_NAME, claimed
 from ..ship.classifier import load_classifier, save_classifier
 from ..ship.heatmap import save_overlay
+from ..ship.format import refuse_own_file
 from ..ship.html_report import write_html
 from ..ship.onnx_export import export_onnx
 from ..ship.report import ClassificationReport, classification_report
@@ -166,8 +168,10 @@ def _labelled_files(data_dir: str, classes: tuple[str, ...], transform: Any) -> 
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    """``transferlearn evaluate RUN_DIR DATA_DIR [--json]``: the report on a labelled folder."""
+    """``transferlearn evaluate RUN_DIR DATA_DIR [--json] [--html FILE [--force]]``: the report on a labelled folder."""
     clf = load_classifier(args.run_dir)
+    if args.html is not None:
+        _html_target(args, clf)                               # before the report's work
     report = classification_report(clf, _labelled_files(args.data_dir, clf.classes, clf.transform),
                                    batch_size=args.batch_size)
     if args.html is not None:
@@ -182,6 +186,18 @@ def evaluate(args: argparse.Namespace) -> None:
               f"loss {row['loss']:.3f})")
 
 
+def _html_target(args: argparse.Namespace, clf: Any) -> None:
+    """``--html FILE``: never a file of the classifier (even with ``--force``), never an existing file without it."""
+    path = Path(args.html)
+    if path.is_dir():
+        raise IsADirectoryError(f"--html {args.html!r} is a directory; give the .html file to write")
+    config = clf.config
+    refuse_own_file(path, clf.directory, config.weights_file if config is not None else None,
+                    argument="--html", verb="evaluated", writer="the HTML report")
+    if not args.force and os.path.lexists(path):
+        raise FileExistsError(f"--html {args.html!r} exists; pass --force to replace it")
+
+
 def _evaluate_html(args: argparse.Namespace, clf: Any, report: ClassificationReport) -> None:
     """``evaluate --html FILE``: the report on one page, with the run's curves when it has a history."""
     history = Path(args.run_dir) / "history.json"
@@ -190,8 +206,13 @@ def _evaluate_html(args: argparse.Namespace, clf: Any, report: ClassificationRep
                 "architecture": config.arch if config else None, "weights": config.weights if config else None,
                 "image size": clf.transform.size, "resize": clf.transform.resize,
                 "saved with": dict(config.versions) if config else None}
-    path = write_html(report, args.html, history=History.from_json(history) if history.is_file() else None,
-                      settings=settings, model=clf, title=f"transferlearn evaluate: {args.run_dir} on {args.data_dir}")
+    _html_target(args, clf)                                   # again: the report took a while
+    try:
+        path = write_html(report, args.html, history=History.from_json(history) if history.is_file() else None,
+                          settings=settings, model=clf, overwrite=args.force,
+                          title=f"transferlearn evaluate: {args.run_dir} on {args.data_dir}")
+    except FileExistsError:
+        raise FileExistsError(f"--html {args.html!r} exists; pass --force to replace it") from None
     print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
 
 
