@@ -251,6 +251,30 @@ def test_install_weights_hash_mismatch_exits_2(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").read_bytes() == b"nope"
 
 
+def test_install_weights_says_already_installed_and_refuses_a_different_file_without_force(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """review finding 2: install-weights replaced a checkpoint already in the cache."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    (tmp_path / "a.pth").write_bytes(b"first")
+    (tmp_path / "b.pth").write_bytes(b"second")
+    name, target = "ResNet18_Weights.IMAGENET1K_V1", tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert main(["install-weights", str(tmp_path / "a.pth"), name, "--no-check-hash"]) == 0
+    assert capsys.readouterr().out.startswith(f"installed {name} -> ")
+    assert main(["install-weights", str(tmp_path / "a.pth"), name, "--no-check-hash"]) == 0
+    assert capsys.readouterr().out == f"{name} is already installed: {target}\n"
+    assert main(["install-weights", str(tmp_path / "b.pth"), name, "--no-check-hash"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"transferlearn: error: {target} already holds a different checkpoint of {name}; pass --force "
+                   "to replace it\n") and target.read_bytes() == b"first"
+    assert main(["install-weights", str(tmp_path / "b.pth"), name, "--no-check-hash", "--force"]) == 0
+    assert target.read_bytes() == b"second" and "installed" in capsys.readouterr().out
+    assert main(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--arch", "resnet18",
+                 "--weights", "IMAGENET1K_V1"]) == 2                # b"second" is no checkpoint: named, reinstall
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the cached checkpoint {target} of {name} cannot be loaded" in err
+    assert f"transferlearn install-weights FILE {name} --force" in err
+
+
 def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "transferlearn", "recommend", "5000", "--different-domain"],
                           capture_output=True, text=True, check=True)

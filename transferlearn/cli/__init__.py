@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     inst.add_argument("file", help="the .pth checkpoint")
     inst.add_argument("weights", help="torchvision weights name, e.g. MobileNet_V2_Weights.IMAGENET1K_V1")
     inst.add_argument("--no-check-hash", action="store_true", help="skip the SHA-256 prefix check")
+    inst.add_argument("--force", action="store_true", help="replace a different checkpoint already in the cache")
     inst.set_defaults(run=commands.install)
     rec = sub.add_parser("recommend", help="which strategy fits your data (the decision table)")
     rec.add_argument("images_per_class", type=int)

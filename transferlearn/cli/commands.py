@@ -11,11 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..base import check_seed
+from ..base import as_weights, check_seed
 from ..data.folder import load_image_folder
 from ..data.imagefiles import ImageFiles
 from ..model.heads import replace_head
-from ..model.load import install_weights, load_model
+from ..model.load import checkpoint_path, install_weights, load_model
 from ..ship.claim import CLAIM_NAME, claimed
 from ..ship.classifier import load_classifier, save_classifier
 from ..ship.heatmap import save_overlay
@@ -309,9 +309,19 @@ def export(args: argparse.Namespace) -> None:
 
 
 def install(args: argparse.Namespace) -> None:
-    """``transferlearn install-weights FILE WEIGHTS [--no-check-hash]``."""
-    path = install_weights(args.file, args.weights, check_hash=not args.no_check_hash)
-    print(f"installed {args.weights} -> {path}")
+    """``transferlearn install-weights FILE WEIGHTS [--no-check-hash] [--force]``: a different checkpoint
+    already in the cache is replaced only with ``--force``; the same bytes there are "already installed"."""
+    target = checkpoint_path(as_weights(args.weights))
+    existed = target.is_file()
+    try:
+        path = install_weights(args.file, args.weights, check_hash=not args.no_check_hash, force=args.force)
+    except FileExistsError:
+        raise FileExistsError(f"{target} already holds a different checkpoint of {args.weights}; pass --force "
+                              "to replace it") from None
+    if existed and not args.force:                           # refused unless the bytes were the same
+        print(f"{args.weights} is already installed: {path}")
+    else:
+        print(f"installed {args.weights} -> {path}")
 
 
 def recommend(args: argparse.Namespace) -> None:
