@@ -350,3 +350,11 @@ def test_a_timm_model_gets_its_own_preprocessing_in_the_run_and_the_saved_classi
     assert saved["interpolation"] == config["interpolation"] == "bicubic"
     assert (saved["size"], saved["resize"]) == (32, int(32 / config["crop_pct"]))    # timm's crop, at 32 px
     assert tl.load_classifier(out).transform.mean == saved["mean"]
+
+
+def test_the_docs_name_exactly_the_files_fit_force_replaces():
+    """review finding 3: the list of the run's own files is one constant, the claim's refusal and cli.md say it."""
+    from transferlearn.cli._runfile import RUN_FILES, run_files_sentence
+    text = " ".join((ROOT / "docs" / "cli.md").read_text().split())
+    assert f"replaces exactly the run's own files, RUN_FILES: {run_files_sentence()} (" in text
+    assert {"log.csv", "run.json", "checkpoints/", "report.html", "classifier.json"} <= set(RUN_FILES)

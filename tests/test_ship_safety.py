@@ -239,18 +239,63 @@ def test_only_one_of_two_racing_writers_gets_the_claim(tmp_path):
 
 
 def test_a_finished_run_is_refused_without_force_and_force_replaces_only_its_files(folder, tmp_path, capsys):
+    """review findings 3, 20: every run holds log.csv, and CSVLogger refused the old one, so --force was refused;
+    --force replaces exactly the run's own files (``RUN_FILES``: a picture the new run does not draw goes too)."""
+    from transferlearn.cli._runfile import run_files_sentence
     out = tmp_path / "run"
     assert main(_fit(folder, out)) == 0
     (out / "notes.txt").write_text("mine")
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"someone's shard")
     first = json.loads((out / "classifier.json").read_text())["weights_file"]
+    old_log = (out / "log.csv").read_text()
     capsys.readouterr()
     assert main(_fit(folder, out, "--seed", "1")) == 2
-    assert "exists and is not empty; give a new folder for the run, or pass --force" in _one_error(capsys)
-    assert main(_fit(folder, out, "--seed", "1", "--force")) == 0
+    assert (f"exists and is not empty; give a new folder for the run, or pass --force to save into it (the run's "
+            f"own files, {run_files_sentence()}, are replaced; every other file is kept)") in _one_error(capsys)
+    assert main(_fit(folder, out, "--seed", "1", "--force", "--val-fraction", "0")) == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}
     second = json.loads((out / "classifier.json").read_text())["weights_file"]
     assert second != first and second in names and first not in names and "notes.txt" in names
+    assert (out / "model-00001-of-00002.safetensors").read_bytes() == b"someone's shard"
+    assert "confusion_matrix.png" not in names and "top_losses.png" not in names     # no validation this time
+    log = (out / "log.csv").read_text()
+    assert log != old_log and log.count("\nbest,") <= 1 and log.startswith("kind,step,epoch")   # this run's rows only
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(CLAIM_NAME)]
+
+
+def _killed_fit(out: Path, *, checkpoint: bool) -> int:
+    """What a fit killed in training leaves: its dead claim, log.csv, run.json (and its checkpoint)."""
+    pid = _dead_pid()
+    out.mkdir()
+    (out / CLAIM_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-01-01 "
+                                              "10:00:00", "what": "transferlearn fit", "token": "0123"}))
+    (out / "log.csv").write_text("kind,step\nstep,1\n")
+    (out / "run.json").write_text("{}")
+    if checkpoint:
+        (out / "checkpoints").mkdir()
+        (out / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
+    return pid
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_a_fit_killed_in_training_is_named_with_resume_and_force(folder, tmp_path, capsys, checkpoint):
+    """review finding 19: a fit killed in training (marker, log.csv, run.json, checkpoints) was reported as
+    "an interrupted save ... rerun with --force"; cli.md promised that the next fit takes it over."""
+    out = tmp_path / "run"
+    pid = _killed_fit(out, checkpoint=checkpoint)
+    before = sorted(p.name for p in out.iterdir())
+    assert main(_fit(folder, out)) == 2
+    err = _one_error(capsys)
+    if checkpoint:
+        assert f"--out '{out}' holds an interrupted fit (killed in training, pid {pid}): continue it with --resume, " \
+               "or start again with --force" in err, err
+    else:
+        assert f"--out '{out}' holds an interrupted fit (killed in training, pid {pid}, before its first checkpoint)" \
+               ": start again with --force" in err, err
+    assert sorted(p.name for p in out.iterdir()) == before                   # nothing touched
+    assert main(_fit(folder, out, "--force")) == 0, capsys.readouterr().err
+    assert load_classifier(out).classes == tuple(CLASSES) and not (out / "checkpoints").exists()
+    assert not (out / CLAIM_NAME).exists() and "step,1\n" not in (out / "log.csv").read_text()
 
 
 def test_a_refused_fit_leaves_no_folder_behind(tmp_path, capsys):

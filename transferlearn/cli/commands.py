@@ -73,8 +73,8 @@ def _claimed_run_dir(out: str, force: bool, resume: bool = False) -> Iterator[Pa
     with claimed(path, "transferlearn fit", take_over=force or only_a_claim or resume):   # nothing else to lose
         if not (force or resume) and any(not p.name.startswith(CLAIM_NAME) for p in path.iterdir()):
             raise ValueError(f"--out {out!r} exists and is not empty; give a new folder for the run, or pass "
-                             "--force to save into it (its classifier, history, metrics and plots are "
-                             "replaced, other files kept)")
+                             f"--force to save into it (the run's own files, {runfile.run_files_sentence()}, "
+                             "are replaced; every other file is kept)")
         yield path
 
 
@@ -96,7 +96,7 @@ def fit(args: argparse.Namespace) -> None:
         if args.resume:
             runfile.check_resumable(out)
         elif args.force:
-            runfile.remove_checkpoints(out)                  # --force starts again: the old run's checkpoint goes
+            runfile.remove_for_force(out)                    # --force starts again: the old run's log, checkpoints
         _fit(args, out, settings)
 
 
@@ -117,7 +117,7 @@ def _fit(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
     print(f"{len(data.classes)} classes, {len(data.train)} training and "
           f"{len(data.val) if data.val is not None else 0} validation images; strategy {strategy.kind} "
           f"({strategy.warmup_epochs} warm-up + {strategy.finetune_epochs} fine-tune epochs)")
-    loggers = [*([TensorBoardLogger(args.tensorboard)] if args.tensorboard else []), CSVLogger(out / "log.csv")]
+    loggers = [*([TensorBoardLogger(args.tensorboard)] if args.tensorboard else []), CSVLogger(out / runfile.LOG_FILE)]
     trainer = Trainer(model, seed=args.seed, device=args.device, amp=runfile.AMP[args.amp],
                       checkpoint_dir=out / runfile.CHECKPOINTS, callbacks=loggers)  # bad settings: refused here
     runfile.write_run_file(out, settings, {"strategy": asdict(strategy), "classes": data.classes})
@@ -132,6 +132,9 @@ def _fit(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
     if report is not None:
         report.plot_confusion_matrix(out / "confusion_matrix.png")
         report.plot_top_losses(out / "top_losses.png")
+    else:                                                     # a previous run's (--force): replaced by none
+        (out / "confusion_matrix.png").unlink(missing_ok=True)
+        (out / "top_losses.png").unlink(missing_ok=True)
     _fit_html(out, report, history, model, args, strategy, data)
     runfile.remove_checkpoints(out)                           # the classifier is saved: nothing left to resume
     print(_summary(report, history))
