@@ -643,6 +643,21 @@ def test_predict_streams_and_a_closed_stdout_ends_quietly(saved, tmp_path):
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err, err
 
 
+def test_fit_with_a_stdout_closed_after_the_first_line_trains_on_and_saves(folder, tmp_path):
+    """review finding 7: `fit ... | head -1` abandoned the training at the first BrokenPipeError, exit 0."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "transferlearn", *_fit(folder, out, "--epochs", "3")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    first = proc.stdout.readline()                           # as `| head -1` reads
+    proc.stdout.close()
+    assert proc.wait(300) == 0
+    err = proc.stderr.read()
+    assert first.startswith("3 classes, ") and "Traceback" not in err and "Exception ignored" not in err, err
+    assert load_classifier(out).classes == tuple(CLASSES) and len(json.loads((out / "history.json").read_text())) \
+        == 3 and (out / "report.html").is_file() and not (out / CLAIM_NAME).exists()
+
+
 def test_predict_progress_on_stderr_and_no_progress(saved, tmp_path, capsys, monkeypatch):
     _photos(1)[0].save(tmp_path / "a.png")
     images = [str(tmp_path / "a.png")] * 5
