@@ -658,6 +658,34 @@ def test_fit_with_a_stdout_closed_after_the_first_line_trains_on_and_saves(folde
         == 3 and (out / "report.html").is_file() and not (out / CLAIM_NAME).exists()
 
 
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path, capsys):
+    """review finding 18: `under_$5` and `over_$10` crashed fit after it saved (matplotlib read mathtext)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+    from transferlearn.train.history import plot_history
+    data = tmp_path / "data"
+    for c, name in enumerate(["under_$5", "over_$10", "$x$"]):
+        (data / name).mkdir(parents=True)
+        for k, image in enumerate(_photos(4 * c + 4)[4 * c:]):
+            image.save(data / name / f"{k}.png")
+    out = tmp_path / "run"
+    assert main(_fit(data, out, "--epochs", "2")) == 0, capsys.readouterr().err
+    assert load_classifier(out).classes == ("$x$", "over_$10", "under_$5")
+    for name in ("curves.png", "confusion_matrix.png", "top_losses.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    history = json.loads((out / "history.json").read_text())
+    records = history["records"] if isinstance(history, dict) else history
+    runs_png = plot_history({"lr $1e-3$ _a": records, "under_$5": records}, tmp_path / "runs.png")
+    report = load_classifier(out)
+    from transferlearn.ship import _plots
+    drawn = _plots.confusion_figure([[1, 0, 0], [0, 1, 1], [0, 0, 2]], report.classes, False)
+    FigureCanvasAgg(drawn).draw()
+    labels = [t.get_text() for t in drawn.findobj(Text) if "$" in t.get_text()]
+    assert sorted(set(labels)) == ["$x$", "over_$10", "under_$5"]            # as written, not as math
+    assert all(not t.get_parse_math() for t in drawn.findobj(Text))
+    assert runs_png.stat().st_size > 0
+
+
 def test_predict_progress_on_stderr_and_no_progress(saved, tmp_path, capsys, monkeypatch):
     _photos(1)[0].save(tmp_path / "a.png")
     images = [str(tmp_path / "a.png")] * 5
