@@ -302,6 +302,33 @@ def test_a_refused_fit_leaves_no_folder_behind(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["fit", str(tmp_path / "nowhere"), "--out", str(out), "--weights", "none"]) == 2
     assert "does not exist" in _one_error(capsys) and not out.exists()
+    deep = tmp_path / "new" / "deeper" / "run"             # review (minor): the parents it created stayed
+    assert main(["fit", str(tmp_path / "nowhere"), "--out", str(deep), "--weights", "none"]) == 2
+    assert "does not exist" in _one_error(capsys) and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_claim_released_empty_removes_the_parents_it_created(tmp_path):
+    from transferlearn.ship.claim import claimed
+    deep = tmp_path / "a" / "b" / "run"
+    with pytest.raises(ValueError, match="boom"), claimed(deep, "test"):
+        raise ValueError("boom")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="boom"), claimed(deep, "test"):
+        raise ValueError("boom")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]   # only what it created goes
+
+
+def test_workers_beyond_four_times_the_cpus_are_refused(folder, tmp_path, capsys):
+    """review (minor): --workers had no upper bound (--workers 100000 forked until the machine gave up)."""
+    limit = 4 * (os.cpu_count() or 1)
+    for argv in (_fit(folder, tmp_path / "run", "--workers", str(limit + 1)),
+                 ["lr-find", str(folder), "--weights", "none", "--workers", str(limit + 1)]):
+        assert main(argv) == 2
+        assert f"argument --workers: must be an integer in [0, {limit}]" in _one_error(capsys)
+    assert main(_fit(folder, tmp_path / "run", "--workers", "-1")) == 2
+    assert f"must be an integer in [0, {limit}]" in _one_error(capsys) and not (tmp_path / "run").exists()
 
 
 def test_the_temp_sweep_never_deletes_a_live_writers_file(tmp_path, monkeypatch):

@@ -70,7 +70,8 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--batch-size", type=_positive, default=32)
     fit.add_argument("--val-fraction", type=float, default=0.2, help="share of each class for validation")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    fit.add_argument("--workers", type=_runfile.workers, default=None,
+                     help="DataLoader worker processes (0 to 4 x the CPU count)")
     fit.add_argument("--force", action="store_true",
                      help="save into a RUN_DIR that is not empty, or that an interrupted fit left")
     fit.add_argument("--tensorboard", metavar="DIR", default=None, help="also log to TensorBoard in DIR (a new folder)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +38,16 @@ AMP = {"off": False, "bf16": "bf16", "fp16": "fp16"}
 RUN_FILES = ("classifier.json", "model-*.safetensors", "history.json", "metrics.json", "curves.png",
              "confusion_matrix.png", "top_losses.png", "report.html", "log.csv", RUN_FILE, CHECKPOINTS + "/")
 LOG_FILE = "log.csv"
+MAX_WORKERS = 4 * (os.cpu_count() or 1)       # --workers above this is a typo, not a plan: refused
+
+
+def workers(text: str) -> int:
+    """``--workers N``: DataLoader worker processes, 0 to ``MAX_WORKERS``."""
+    value = int(text)
+    if not 0 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_WORKERS}] (4 x this machine's "
+                                         f"{os.cpu_count() or 1} CPUs), got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -115,7 +126,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: _is_int(v, 1), "an int >= 1"),
     "val_fraction": (lambda v: _number(v), "a number"),
     "seed": (lambda v: _is_int(v, 0), "an int >= 0"),
-    "workers": (lambda v: v is None or _is_int(v, 0), "null or an int >= 0"),
+    "workers": (lambda v: v is None or _is_int(v, 0, MAX_WORKERS), f"null or an int in [0, {MAX_WORKERS}]"),
     "lr": (lambda v: v is None or _number(v, positive=True), "null or a number > 0"),
     "backbone_lr": (lambda v: v is None or _number(v, positive=True), "null or a number > 0"),
     "augment": (lambda v: v in AUGMENTS, f"one of {list(AUGMENTS)}"),
