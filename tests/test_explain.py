@@ -5,6 +5,7 @@ evidence (a coloured patch in a random corner) after a brief fine-tune."""
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pytest
 import torch

@@ -689,6 +689,7 @@ def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path, capsys):
     """review finding 18: `under_$5` and `over_$10` crashed fit after it saved (matplotlib read mathtext)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
+
     from transferlearn.train.history import plot_history
     data = tmp_path / "data"
     for c, name in enumerate(["under_$5", "over_$10", "$x$"]):

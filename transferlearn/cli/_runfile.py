@@ -232,8 +232,8 @@ def refuse_interrupted(path: Path, out: str) -> None:
         return
     pid = f", pid {other.pid}" if other is not None and other.pid >= 0 else ""
     if (path / CHECKPOINTS / ckpt.LAST).is_file():
-        raise ValueError(f"--out {out!r} holds an interrupted fit (killed in training{pid}): continue it with --resume, "
-                         "or start again with --force")
+        raise ValueError(f"--out {out!r} holds an interrupted fit (killed in training{pid}): continue it with "
+                         "--resume, or start again with --force")
     raise ValueError(f"--out {out!r} holds an interrupted fit (killed in training{pid}, before its first checkpoint): "
                      "start again with --force")
 

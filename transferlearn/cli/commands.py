@@ -11,16 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..base import as_weights, atomic_write, check_seed
+from ..base import as_weights, check_seed
 from ..data.folder import load_image_folder
 from ..data.imagefiles import ImageFiles
-from ..data.images import IMAGE_EXTENSIONS
-from ..data.scan import OVERLAYS_MARKER
 from ..model.heads import replace_head
 from ..model.load import checkpoint_path, install_weights, load_model
 from ..ship.claim import CLAIM_NAME, claimed
 from ..ship.classifier import load_classifier, save_classifier
-from ..ship.heatmap import save_overlay
 from ..ship.format import refuse_own_file
 from ..ship.html_report import write_html
 from ..ship.onnx_export import export_onnx
@@ -31,6 +28,7 @@ from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy, row_strategy
 from ..train.trainer import Trainer
 from . import _runfile as runfile
+from ._explain import explain
 
 __all__ = ["PROGRESS_EVERY", "STRATEGIES", "evaluate", "explain", "export", "fit", "install", "predict", "recommend"]
 
@@ -270,58 +268,6 @@ def predict(args: argparse.Namespace) -> None:
         progress.close()
     if args.json:
         print("[]" if not images else "]", flush=True)
-
-
-def _overlay_names(images: list[str]) -> list[str]:
-    """``<stem>.cam.png`` per image; a stem met again gets ``-2``, ``-3``, ... so none is overwritten."""
-    names: list[str] = []
-    for image in images:
-        stem, k = Path(image).stem, 2
-        name = f"{stem}.cam.png"
-        while name in names:
-            name, k = f"{stem}-{k}.cam.png", k + 1
-        names.append(name)
-    return names
-
-
-_MARKER_TEXT = ("heat-map overlays written by `transferlearn explain`: load_image_folder and `transferlearn fit` "
-                "never read this folder as a class\n")
-
-
-def _overlay_files(out: Path, flag: str, images: list[str]) -> list[Path]:
-    """The overlay file per image; refused: --out a file, one of them there already, or image files in
-    --out that explain did not write (a class folder of the data: overlays there would be trained on)."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {flag!r} is a file; give a folder for the overlays")
-    files = [out / name for name in _overlay_names(images)]
-    taken = [str(f) for f in files if f.exists()]
-    if taken:
-        raise ValueError(f"--out {flag!r} already holds {taken[0]}; give a new folder (nothing is overwritten)")
-    ours = (out / OVERLAYS_MARKER).is_file()
-    others = sorted(p.name for p in out.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-                    and not (ours and p.name.endswith(".cam.png"))) if out.is_dir() else []
-    if others:
-        raise ValueError(f"--out {flag!r} holds image files explain did not write ({others[0]!r}, {len(others)} in "
-                         "all): it may be a class folder of your data, where overlays would become training images; "
-                         "give a new folder")
-    return files
-
-
-def explain(args: argparse.Namespace) -> None:
-    """``transferlearn explain RUN_DIR IMAGE... --out DIR [--target CLASS]``: one overlay PNG per image."""
-    clf = load_classifier(args.run_dir)
-    if args.target is not None and args.target not in clf.classes:
-        raise ValueError(f"--target {args.target!r} is not one of the classifier's classes {list(clf.classes)}")
-    out = Path(args.out)
-    files = _overlay_files(out, args.out, list(args.images))
-    results = clf.predict(list(args.images), batch_size=args.batch_size)    # every file is read before any write
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / OVERLAYS_MARKER).is_file():               # the folder scan never reads it as a class
-        atomic_write(out / OVERLAYS_MARKER, lambda f: f.write(_MARKER_TEXT.encode()))
-    for image, file, row in zip(args.images, files, results):
-        cam = clf.explain(image, target=args.target or row["class"], method=args.method)[0]
-        save_overlay(image, cam, file)
-        print(f"{image}\t{row['class']}\t{row['probability']:.4f}\t{file}")
 
 
 def export(args: argparse.Namespace) -> None:
