@@ -137,6 +137,8 @@ def _picture(page: _Page, path: Path) -> None:
         ax.text(-0.05, -0.08, f"{classes}\n.../{'/'.join(Path(where).parts[-2:])}", transform=ax.transAxes,
                 ha="center", va="top", fontsize=10)
     figure.text(0.125, 0.255, "Top losses: the input and where the network looked (HiResCAM)", fontsize=12)
+    from transferlearn.base import literal_text
+    literal_text(figure)                   # the page's class names and title are text, never mathtext
     figure.savefig(path, dpi=80, bbox_inches="tight", metadata={"Software": None})
 
 

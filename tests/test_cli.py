@@ -251,6 +251,30 @@ def test_install_weights_hash_mismatch_exits_2(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").read_bytes() == b"nope"
 
 
+def test_install_weights_says_already_installed_and_refuses_a_different_file_without_force(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """review finding 2: install-weights replaced a checkpoint already in the cache."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    (tmp_path / "a.pth").write_bytes(b"first")
+    (tmp_path / "b.pth").write_bytes(b"second")
+    name, target = "ResNet18_Weights.IMAGENET1K_V1", tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert main(["install-weights", str(tmp_path / "a.pth"), name, "--no-check-hash"]) == 0
+    assert capsys.readouterr().out.startswith(f"installed {name} -> ")
+    assert main(["install-weights", str(tmp_path / "a.pth"), name, "--no-check-hash"]) == 0
+    assert capsys.readouterr().out == f"{name} is already installed: {target}\n"
+    assert main(["install-weights", str(tmp_path / "b.pth"), name, "--no-check-hash"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"transferlearn: error: {target} already holds a different checkpoint of {name}; pass --force "
+                   "to replace it\n") and target.read_bytes() == b"first"
+    assert main(["install-weights", str(tmp_path / "b.pth"), name, "--no-check-hash", "--force"]) == 0
+    assert target.read_bytes() == b"second" and "installed" in capsys.readouterr().out
+    assert main(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--arch", "resnet18",
+                 "--weights", "IMAGENET1K_V1"]) == 2                # b"second" is no checkpoint: named, reinstall
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the cached checkpoint {target} of {name} cannot be loaded" in err
+    assert f"transferlearn install-weights FILE {name} --force" in err
+
+
 def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "transferlearn", "recommend", "5000", "--different-domain"],
                           capture_output=True, text=True, check=True)
@@ -326,3 +350,11 @@ def test_a_timm_model_gets_its_own_preprocessing_in_the_run_and_the_saved_classi
     assert saved["interpolation"] == config["interpolation"] == "bicubic"
     assert (saved["size"], saved["resize"]) == (32, int(32 / config["crop_pct"]))    # timm's crop, at 32 px
     assert tl.load_classifier(out).transform.mean == saved["mean"]
+
+
+def test_the_docs_name_exactly_the_files_fit_force_replaces():
+    """review finding 3: the list of the run's own files is one constant, the claim's refusal and cli.md say it."""
+    from transferlearn.cli._runfile import RUN_FILES, run_files_sentence
+    text = " ".join((ROOT / "docs" / "cli.md").read_text().split())
+    assert f"replaces exactly the run's own files, RUN_FILES: {run_files_sentence()} (" in text
+    assert {"log.csv", "run.json", "checkpoints/", "report.html", "classifier.json"} <= set(RUN_FILES)

@@ -4,6 +4,8 @@ evidence (a coloured patch in a random corner) after a brief fine-tune."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -360,3 +362,37 @@ def test_cli_explain_writes_one_overlay_per_image_and_never_overwrites(tmp_path,
     assert main([*args[:-1], str(tmp_path / "b"), "--target", "b", "--method", "gradcam"]) == 0
     expected = overlay(Image.open(images[0]), clf.explain(images[0], target="b", method="gradcam")[0])
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b" / "x.cam.png")), np.asarray(expected))
+
+
+def test_cli_explain_never_plants_training_images_in_the_data(tmp_path, capsys):
+    """review finding 5: `explain --out data/cams` made a class "cams"; `--out data/cat` added overlays to cat."""
+    from transferlearn.cli import main
+    from transferlearn.data.folder import load_image_folder
+    from transferlearn.ship.classifier import save_classifier
+
+    torch.manual_seed(0)
+    save_classifier(load_model("mobilenet_v2", weights=None, num_classes=2), tmp_path / "run", classes=["cat", "dog"],
+                    transform=imagenet_transform(size=32))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(data / name / f"{k}.png")
+    image = str(data / "cat" / "0.png")
+    cat_before = sorted(p.name for p in (data / "cat").iterdir())
+    assert main(["explain", str(tmp_path / "run"), image, "--out", str(data / "cat")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"--out '.*cat' holds image files explain did not write \('0.png', 3 in "
+                                              r"all\): it may be a class folder of your data", err), err
+    assert sorted(p.name for p in (data / "cat").iterdir()) == cat_before
+    assert main(["explain", str(tmp_path / "run"), image, "--out", str(data / "cams")]) == 0
+    assert main(["explain", str(tmp_path / "run"), str(data / "dog" / "1.png"), "--out", str(data / "cams")]) == 0
+    capsys.readouterr()                                    # its own folder: more overlays may join it
+    assert sorted(p.name for p in (data / "cams").iterdir()) == [".transferlearn-overlays", "0.cam.png", "1.cam.png"]
+    with pytest.warns(UserWarning, match=r"left out 1 folder\(s\) holding classifier.json or .transferlearn-overlays "
+                                         r".*'.*cams'.*listed in .skipped"):
+        found = load_image_folder(data, val_fraction=0.0, max_imbalance=None)
+    assert found.classes == ["cat", "dog"] and len(found.train) == 6
+    assert found.skipped == [(str(data / "cams"), "a transferlearn explain overlays folder (it has "
+                                                  ".transferlearn-overlays), not images of a class: not read")]

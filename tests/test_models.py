@@ -233,3 +233,32 @@ def test_timm_pretrained_legacy_url_cache(hub):
         pytest.skip("the real HF cache holds this model")
     model = load_model("timm/resnet18.tv_in1k")
     torch.testing.assert_close(model.fc.weight, reference["fc.weight"])
+
+
+def test_install_weights_never_replaces_a_different_cached_checkpoint_without_force(hub, tmp_path):
+    """review finding 2: install_weights replaced whatever the cache held for those weights."""
+    first, second = tmp_path / "first.pth", tmp_path / "second.pth"
+    first.write_bytes(b"the checkpoint installed first")
+    second.write_bytes(b"another file")
+    target = install_weights(first, ResNet18_Weights.IMAGENET1K_V1, check_hash=False)
+    assert install_weights(first, ResNet18_Weights.IMAGENET1K_V1, check_hash=False) == target   # same bytes: fine
+    with pytest.raises(FileExistsError, match=r"resnet18-f37072fd.pth already holds a different checkpoint of "
+                                              r"ResNet18_Weights.IMAGENET1K_V1; pass force=True to replace it"):
+        install_weights(second, ResNet18_Weights.IMAGENET1K_V1, check_hash=False)
+    assert target.read_bytes() == b"the checkpoint installed first"
+    assert install_weights(second, ResNet18_Weights.IMAGENET1K_V1, check_hash=False, force=True) == target
+    assert target.read_bytes() == b"another file"
+    with pytest.raises(TypeError, match=r"force must be True or False, got .yes."):
+        install_weights(second, ResNet18_Weights.IMAGENET1K_V1, check_hash=False, force="yes")
+
+
+@pytest.mark.parametrize("content", [b"nope", b"PK\x03\x04 a truncated zip", b""])
+def test_a_cached_checkpoint_that_cannot_be_loaded_is_named_with_how_to_reinstall_it(hub, content):
+    """review finding 2: a damaged checkpoint in the cache surfaced as a raw unpickling error."""
+    path = checkpoint_path(ResNet18_Weights.IMAGENET1K_V1)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"the cached checkpoint {path} of ResNet18_Weights.IMAGENET1K_V1 cannot "
+                                         r"be loaded \(.*\); it is damaged or not these weights: reinstall it with "
+                                         r"install_weights\(file, 'ResNet18_Weights.IMAGENET1K_V1', force=True\)"):
+        load_model("resnet18", weights="IMAGENET1K_V1")

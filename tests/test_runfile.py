@@ -199,7 +199,9 @@ def test_resume_after_a_kill_ends_with_bitwise_the_uninterrupted_weights(data, t
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "run.json").is_file()
     assert (run / CLAIM_NAME).is_file() and not (run / "classifier.json").exists()   # marked as interrupted
     refused = _fit(argv)                                             # without --resume nothing is overwritten
-    assert refused.wait(timeout=300) == 2 and "pass --resume to continue it" in refused.stderr.read()
+    assert refused.wait(timeout=300) == 2
+    assert "(killed in training, pid " in (err := refused.stderr.read()) and \
+        "continue it with --resume, or start again with --force" in err, err
     resumed = _fit(["fit", "--out", str(run), "--resume"])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err

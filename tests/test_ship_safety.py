@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -136,6 +137,30 @@ def test_export_refuses_an_existing_file_and_the_classifiers_own_files(run, tmp_
     load_classifier(run)                                       # the run is alive
 
 
+def test_evaluate_html_refuses_an_existing_file_and_never_writes_a_file_of_the_classifier(run, folder, tmp_path,
+                                                                                          capsys):
+    """review finding 1: `evaluate --html FILE` replaced any file, the run's classifier.json too."""
+    own = {name: (run / name).read_bytes() for name in os.listdir(run)}
+    notes, image = tmp_path / "notes.txt", folder / "cat" / "0.png"
+    notes.write_text("my notes")
+    image_bytes = image.read_bytes()
+    (tmp_path / "alias.json").symlink_to(run / "classifier.json")
+    for target in (notes, image):
+        assert main(["evaluate", str(run), str(folder), "--html", str(target)]) == 2
+        assert f"--html '{target}' exists; pass --force to replace it" in _one_error(capsys)
+    weights = load_classifier(run).config.weights_file
+    for target, name in [(run / "classifier.json", "classifier.json"), (run / weights, "model-"),
+                         (tmp_path / "alias.json", "classifier.json")]:
+        assert main(["evaluate", str(run), str(folder), "--html", str(target), "--force"]) == 2
+        assert re.search(rf"--html='.*' is the {name}.* of the classifier being evaluated", _one_error(capsys))
+    assert {name: (run / name).read_bytes() for name in os.listdir(run)} == own
+    assert notes.read_text() == "my notes" and image.read_bytes() == image_bytes
+    assert main(["evaluate", str(run), str(folder), "--html", str(notes), "--force"]) == 0   # told to: replaced
+    assert notes.read_text().startswith("<!DOCTYPE html>")
+    capsys.readouterr()
+    load_classifier(run)                                       # the run is alive
+
+
 def test_overwrite_true_replaces_the_file_atomically(run, tmp_path, monkeypatch):
     onnx = pytest.importorskip("onnx")
     import transferlearn.ship.onnx_export as module
@@ -214,24 +239,96 @@ def test_only_one_of_two_racing_writers_gets_the_claim(tmp_path):
 
 
 def test_a_finished_run_is_refused_without_force_and_force_replaces_only_its_files(folder, tmp_path, capsys):
+    """review findings 3, 20: every run holds log.csv, and CSVLogger refused the old one, so --force was refused;
+    --force replaces exactly the run's own files (``RUN_FILES``: a picture the new run does not draw goes too)."""
+    from transferlearn.cli._runfile import run_files_sentence
     out = tmp_path / "run"
     assert main(_fit(folder, out)) == 0
     (out / "notes.txt").write_text("mine")
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"someone's shard")
     first = json.loads((out / "classifier.json").read_text())["weights_file"]
+    old_log = (out / "log.csv").read_text()
     capsys.readouterr()
     assert main(_fit(folder, out, "--seed", "1")) == 2
-    assert "exists and is not empty; give a new folder for the run, or pass --force" in _one_error(capsys)
-    assert main(_fit(folder, out, "--seed", "1", "--force")) == 0
+    assert (f"exists and is not empty; give a new folder for the run, or pass --force to save into it (the run's "
+            f"own files, {run_files_sentence()}, are replaced; every other file is kept)") in _one_error(capsys)
+    assert main(_fit(folder, out, "--seed", "1", "--force", "--val-fraction", "0")) == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}
     second = json.loads((out / "classifier.json").read_text())["weights_file"]
     assert second != first and second in names and first not in names and "notes.txt" in names
+    assert (out / "model-00001-of-00002.safetensors").read_bytes() == b"someone's shard"
+    assert "confusion_matrix.png" not in names and "top_losses.png" not in names     # no validation this time
+    log = (out / "log.csv").read_text()
+    assert log != old_log and log.count("\nbest,") <= 1 and log.startswith("kind,step,epoch")   # this run's rows only
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(CLAIM_NAME)]
+
+
+def _killed_fit(out: Path, *, checkpoint: bool) -> int:
+    """What a fit killed in training leaves: its dead claim, log.csv, run.json (and its checkpoint)."""
+    pid = _dead_pid()
+    out.mkdir()
+    (out / CLAIM_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-01-01 "
+                                              "10:00:00", "what": "transferlearn fit", "token": "0123"}))
+    (out / "log.csv").write_text("kind,step\nstep,1\n")
+    (out / "run.json").write_text("{}")
+    if checkpoint:
+        (out / "checkpoints").mkdir()
+        (out / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
+    return pid
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_a_fit_killed_in_training_is_named_with_resume_and_force(folder, tmp_path, capsys, checkpoint):
+    """review finding 19: a fit killed in training (marker, log.csv, run.json, checkpoints) was reported as
+    "an interrupted save ... rerun with --force"; cli.md promised that the next fit takes it over."""
+    out = tmp_path / "run"
+    pid = _killed_fit(out, checkpoint=checkpoint)
+    before = sorted(p.name for p in out.iterdir())
+    assert main(_fit(folder, out)) == 2
+    err = _one_error(capsys)
+    if checkpoint:
+        assert f"--out '{out}' holds an interrupted fit (killed in training, pid {pid}): continue it with --resume, " \
+               "or start again with --force" in err, err
+    else:
+        assert f"--out '{out}' holds an interrupted fit (killed in training, pid {pid}, before its first checkpoint)" \
+               ": start again with --force" in err, err
+    assert sorted(p.name for p in out.iterdir()) == before                   # nothing touched
+    assert main(_fit(folder, out, "--force")) == 0, capsys.readouterr().err
+    assert load_classifier(out).classes == tuple(CLASSES) and not (out / "checkpoints").exists()
+    assert not (out / CLAIM_NAME).exists() and "step,1\n" not in (out / "log.csv").read_text()
 
 
 def test_a_refused_fit_leaves_no_folder_behind(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["fit", str(tmp_path / "nowhere"), "--out", str(out), "--weights", "none"]) == 2
     assert "does not exist" in _one_error(capsys) and not out.exists()
+    deep = tmp_path / "new" / "deeper" / "run"             # review (minor): the parents it created stayed
+    assert main(["fit", str(tmp_path / "nowhere"), "--out", str(deep), "--weights", "none"]) == 2
+    assert "does not exist" in _one_error(capsys) and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_claim_released_empty_removes_the_parents_it_created(tmp_path):
+    from transferlearn.ship.claim import claimed
+    deep = tmp_path / "a" / "b" / "run"
+    with pytest.raises(ValueError, match="boom"), claimed(deep, "test"):
+        raise ValueError("boom")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="boom"), claimed(deep, "test"):
+        raise ValueError("boom")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]   # only what it created goes
+
+
+def test_workers_beyond_four_times_the_cpus_are_refused(folder, tmp_path, capsys):
+    """review (minor): --workers had no upper bound (--workers 100000 forked until the machine gave up)."""
+    limit = 4 * (os.cpu_count() or 1)
+    for argv in (_fit(folder, tmp_path / "run", "--workers", str(limit + 1)),
+                 ["lr-find", str(folder), "--weights", "none", "--workers", str(limit + 1)]):
+        assert main(argv) == 2
+        assert f"argument --workers: must be an integer in [0, {limit}]" in _one_error(capsys)
+    assert main(_fit(folder, tmp_path / "run", "--workers", "-1")) == 2
+    assert f"must be an integer in [0, {limit}]" in _one_error(capsys) and not (tmp_path / "run").exists()
 
 
 def test_the_temp_sweep_never_deletes_a_live_writers_file(tmp_path, monkeypatch):
@@ -571,6 +668,50 @@ def test_predict_streams_and_a_closed_stdout_ends_quietly(saved, tmp_path):
     err = proc.stderr.read()
     assert first.startswith(str(deep / "photo.png") + "\t") and running       # streamed: the rest still to come
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_fit_with_a_stdout_closed_after_the_first_line_trains_on_and_saves(folder, tmp_path):
+    """review finding 7: `fit ... | head -1` abandoned the training at the first BrokenPipeError, exit 0."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "transferlearn", *_fit(folder, out, "--epochs", "3")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    first = proc.stdout.readline()                           # as `| head -1` reads
+    proc.stdout.close()
+    assert proc.wait(300) == 0
+    err = proc.stderr.read()
+    assert first.startswith("3 classes, ") and "Traceback" not in err and "Exception ignored" not in err, err
+    assert load_classifier(out).classes == tuple(CLASSES) and len(json.loads((out / "history.json").read_text())) \
+        == 3 and (out / "report.html").is_file() and not (out / CLAIM_NAME).exists()
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path, capsys):
+    """review finding 18: `under_$5` and `over_$10` crashed fit after it saved (matplotlib read mathtext)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    from transferlearn.train.history import plot_history
+    data = tmp_path / "data"
+    for c, name in enumerate(["under_$5", "over_$10", "$x$"]):
+        (data / name).mkdir(parents=True)
+        for k, image in enumerate(_photos(4 * c + 4)[4 * c:]):
+            image.save(data / name / f"{k}.png")
+    out = tmp_path / "run"
+    assert main(_fit(data, out, "--epochs", "2")) == 0, capsys.readouterr().err
+    assert load_classifier(out).classes == ("$x$", "over_$10", "under_$5")
+    for name in ("curves.png", "confusion_matrix.png", "top_losses.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    history = json.loads((out / "history.json").read_text())
+    records = history["records"] if isinstance(history, dict) else history
+    runs_png = plot_history({"lr $1e-3$ _a": records, "under_$5": records}, tmp_path / "runs.png")
+    report = load_classifier(out)
+    from transferlearn.ship import _plots
+    drawn = _plots.confusion_figure([[1, 0, 0], [0, 1, 1], [0, 0, 2]], report.classes, False)
+    FigureCanvasAgg(drawn).draw()
+    labels = [t.get_text() for t in drawn.findobj(Text) if "$" in t.get_text()]
+    assert sorted(set(labels)) == ["$x$", "over_$10", "under_$5"]            # as written, not as math
+    assert all(not t.get_parse_math() for t in drawn.findobj(Text))
+    assert runs_png.stat().st_size > 0
 
 
 def test_predict_progress_on_stderr_and_no_progress(saved, tmp_path, capsys, monkeypatch):

@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-__all__: list[str] = []
+__all__ = ["literal_text"]
 
 __version__ = "0.2.0"  # re-exported as transferlearn.__version__; read by pyproject.toml
 
@@ -250,3 +250,25 @@ def run_device(model: nn.Module, device: object = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def literal_text(figure: Any) -> Any:
+    """Draw every text of a matplotlib ``figure`` as written: a ``$`` in a class name, a run's label
+    or a title is a dollar sign, never the start of mathtext (``under_$5 -> over_$10`` would not
+    parse). Call it once the figure's texts exist, before its layout or ``savefig``.
+
+    Args:
+        figure: a ``matplotlib.figure.Figure``.
+
+    Returns:
+        ``figure``, changed in place.
+
+    Example:
+        >>> ax.set_title(f"{true} -> {predicted}")
+        >>> literal_text(figure).savefig("top_losses.png")
+    """
+    from matplotlib.text import Text
+
+    for text in figure.findobj(Text):
+        text.set_parse_math(False)
+    return figure

@@ -8,15 +8,17 @@ A user's error (a missing folder, no classes, an unknown architecture, an unread
 folder that is not a run directory, bad arguments; see ``USER_ERRORS``) is one line on stderr,
 ``transferlearn: error: ...``, and exit status 2; never a traceback. Any other exception is a
 bug of transferlearn and keeps its traceback (exit status 1). A closed stdout
-(``predict ... | head -1``) ends the command quietly with status 0.
+(``predict ... | head -1``) ends a read-only command quietly with status 0; ``fit`` carries on
+training and saving with its output going to /dev/null, and exits 0 when it is saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import torch
 
@@ -68,7 +70,8 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--batch-size", type=_positive, default=32)
     fit.add_argument("--val-fraction", type=float, default=0.2, help="share of each class for validation")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    fit.add_argument("--workers", type=_runfile.workers, default=None,
+                     help="DataLoader worker processes (0 to 4 x the CPU count)")
     fit.add_argument("--force", action="store_true",
                      help="save into a RUN_DIR that is not empty, or that an interrupted fit left")
     fit.add_argument("--tensorboard", metavar="DIR", default=None, help="also log to TensorBoard in DIR (a new folder)")
@@ -97,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     ev.add_argument("--batch-size", type=_positive, default=64)
     ev.add_argument("--html", metavar="FILE", default=None,
-                    help="also write the report as one self-contained HTML page")
+                    help="also write the report as one self-contained HTML page (a new file; never one of the "
+                    "classifier's)")
+    ev.add_argument("--force", action="store_true", help="replace the --html FILE if it exists")
     ev.set_defaults(run=commands.evaluate)
     pr = sub.add_parser("predict", help="classify image files")
     pr.add_argument("run_dir", metavar="RUN_DIR")
@@ -119,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     inst.add_argument("file", help="the .pth checkpoint")
     inst.add_argument("weights", help="torchvision weights name, e.g. MobileNet_V2_Weights.IMAGENET1K_V1")
     inst.add_argument("--no-check-hash", action="store_true", help="skip the SHA-256 prefix check")
+    inst.add_argument("--force", action="store_true", help="replace a different checkpoint already in the cache")
     inst.set_defaults(run=commands.install)
     rec = sub.add_parser("recommend", help="which strategy fits your data (the decision table)")
     rec.add_argument("images_per_class", type=int)
@@ -169,6 +175,47 @@ def _quiet_stdout() -> None:
         pass
 
 
+class _StdoutOrNothing:
+    """``sys.stdout`` for a command that must finish even when nobody reads it (``fit ... | head -1``):
+    on the first ``BrokenPipeError`` what is buffered and everything later goes to /dev/null."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _closed(self) -> None:
+        _quiet_stdout()                                   # the fd: so the interpreter's last flush succeeds
+        self._stream = open(os.devnull, "w")              # noqa: SIM115 (lives as long as the process)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stdout_may_close(enabled: bool) -> Iterator[None]:
+    """While a command that writes files runs (``fit``): a closed stdout does not stop it."""
+    if not enabled:
+        yield
+        return
+    before, sys.stdout = sys.stdout, _StdoutOrNothing(sys.stdout)
+    try:
+        yield
+    finally:
+        sys.stdout = before
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return the exit status.
 
@@ -176,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success (also when stdout is closed early, as by ``| head``); 2 with one line on
+        0 on success (also when stdout is closed early, as by ``| head``: ``predict`` and the other
+        read-only commands stop quietly, ``fit`` trains and saves on, its output going nowhere); 2 with one line on
         stderr for a user's error (``USER_ERRORS``); 130 when interrupted. Other exceptions
         (bugs) propagate with their traceback.
 
@@ -186,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         args = _parser().parse_args(argv)
-        args.run(args)
+        with _stdout_may_close(args.run is commands.fit):
+            args.run(args)
     except KeyboardInterrupt:
         print("transferlearn: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,21 @@ SETTINGS = ("data_dir", "arch", "weights", "strategy", "epochs", "image_size", "
             "seed", "workers", "lr", "backbone_lr", "augment", "balance", "patience", "amp", "device",
             "different_domain")
 AMP = {"off": False, "bf16": "bf16", "fp16": "fp16"}
+# The files a fit writes into RUN_DIR: what ``--force`` replaces (every other file is kept), what a
+# killed fit leaves, and the sentence of docs/cli.md (``run_files_sentence``; a test keeps them equal).
+RUN_FILES = ("classifier.json", "model-*.safetensors", "history.json", "metrics.json", "curves.png",
+             "confusion_matrix.png", "top_losses.png", "report.html", "log.csv", RUN_FILE, CHECKPOINTS + "/")
+LOG_FILE = "log.csv"
+MAX_WORKERS = 4 * (os.cpu_count() or 1)       # --workers above this is a typo, not a plan: refused
+
+
+def workers(text: str) -> int:
+    """``--workers N``: DataLoader worker processes, 0 to ``MAX_WORKERS``."""
+    value = int(text)
+    if not 0 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_WORKERS}] (4 x this machine's "
+                                         f"{os.cpu_count() or 1} CPUs), got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -110,7 +126,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: _is_int(v, 1), "an int >= 1"),
     "val_fraction": (lambda v: _number(v), "a number"),
     "seed": (lambda v: _is_int(v, 0), "an int >= 0"),
-    "workers": (lambda v: v is None or _is_int(v, 0), "null or an int >= 0"),
+    "workers": (lambda v: v is None or _is_int(v, 0, MAX_WORKERS), f"null or an int in [0, {MAX_WORKERS}]"),
     "lr": (lambda v: v is None or _number(v, positive=True), "null or a number > 0"),
     "backbone_lr": (lambda v: v is None or _number(v, positive=True), "null or a number > 0"),
     "augment": (lambda v: v in AUGMENTS, f"one of {list(AUGMENTS)}"),
@@ -196,13 +212,38 @@ def checkpoint_files(out: Path) -> list[Path]:
     return [folder / name for name in (ckpt.LAST, ckpt.BEST, ckpt.BEST + ".next") if (folder / name).is_file()]
 
 
+def run_files_sentence() -> str:
+    """The run's own files, as docs/cli.md and the refusal of a non-empty RUN_DIR name them."""
+    return ", ".join(f"`{name}`" for name in RUN_FILES)
+
+
 def refuse_interrupted(path: Path, out: str) -> None:
-    """A fit without ``--resume`` / ``--force`` into a RUN_DIR whose fit was interrupted (its
-    checkpoint there, its writer gone): say how to continue it. A live writer is ``claimed``'s to refuse."""
-    other = read_claim(path) if path.is_dir() else None
-    if checkpoint_files(path) and not (other is not None and other.running):
-        raise ValueError(f"--out {out!r} holds an interrupted fit{f' ({other.describe()})' if other else ''}: "
-                         "pass --resume to continue it, or --force to start it again")
+    """A fit without ``--resume`` / ``--force`` into a RUN_DIR whose fit was interrupted (its checkpoint,
+    or its dead fit's claim beside its log and run.json): say how to continue it. A live writer is
+    ``claimed``'s to refuse; a folder holding the claim alone is taken over."""
+    if not path.is_dir():
+        return
+    other = read_claim(path)
+    if other is not None and other.running:
+        return
+    killed = other is not None and other.what == "transferlearn fit" and (
+        (path / LOG_FILE).exists() or (path / RUN_FILE).exists())
+    if not (checkpoint_files(path) or killed):
+        return
+    pid = f", pid {other.pid}" if other is not None and other.pid >= 0 else ""
+    if (path / CHECKPOINTS / ckpt.LAST).is_file():
+        raise ValueError(f"--out {out!r} holds an interrupted fit (killed in training{pid}): continue it with "
+                         "--resume, or start again with --force")
+    raise ValueError(f"--out {out!r} holds an interrupted fit (killed in training{pid}, before its first checkpoint): "
+                     "start again with --force")
+
+
+def remove_for_force(out: Path) -> None:
+    """``--force``: the previous run's log and checkpoints go before training (the new run writes its own);
+    its classifier, history, metrics and pictures are replaced when the new one is saved."""
+    remove_checkpoints(out)
+    if (out / LOG_FILE).is_file():
+        (out / LOG_FILE).unlink()
 
 
 def check_resumable(out: Path) -> None:

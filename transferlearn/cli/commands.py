@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..base import check_seed
+from ..base import as_weights, check_seed
 from ..data.folder import load_image_folder
 from ..data.imagefiles import ImageFiles
 from ..model.heads import replace_head
-from ..model.load import install_weights, load_model
+from ..model.load import checkpoint_path, install_weights, load_model
 from ..ship.claim import CLAIM_NAME, claimed
 from ..ship.classifier import load_classifier, save_classifier
-from ..ship.heatmap import save_overlay
+from ..ship.format import refuse_own_file
 from ..ship.html_report import write_html
 from ..ship.onnx_export import export_onnx
 from ..ship.report import ClassificationReport, classification_report
@@ -27,6 +28,7 @@ from ..train.runtime import seed_everything
 from ..train.strategy import Strategy, recommend_strategy, row_strategy
 from ..train.trainer import Trainer
 from . import _runfile as runfile
+from ._explain import explain
 
 __all__ = ["PROGRESS_EVERY", "STRATEGIES", "evaluate", "explain", "export", "fit", "install", "predict", "recommend"]
 
@@ -71,8 +73,8 @@ def _claimed_run_dir(out: str, force: bool, resume: bool = False) -> Iterator[Pa
     with claimed(path, "transferlearn fit", take_over=force or only_a_claim or resume):   # nothing else to lose
         if not (force or resume) and any(not p.name.startswith(CLAIM_NAME) for p in path.iterdir()):
             raise ValueError(f"--out {out!r} exists and is not empty; give a new folder for the run, or pass "
-                             "--force to save into it (its classifier, history, metrics and plots are "
-                             "replaced, other files kept)")
+                             f"--force to save into it (the run's own files, {runfile.run_files_sentence()}, "
+                             "are replaced; every other file is kept)")
         yield path
 
 
@@ -94,7 +96,7 @@ def fit(args: argparse.Namespace) -> None:
         if args.resume:
             runfile.check_resumable(out)
         elif args.force:
-            runfile.remove_checkpoints(out)                  # --force starts again: the old run's checkpoint goes
+            runfile.remove_for_force(out)                    # --force starts again: the old run's log, checkpoints
         _fit(args, out, settings)
 
 
@@ -115,7 +117,7 @@ def _fit(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
     print(f"{len(data.classes)} classes, {len(data.train)} training and "
           f"{len(data.val) if data.val is not None else 0} validation images; strategy {strategy.kind} "
           f"({strategy.warmup_epochs} warm-up + {strategy.finetune_epochs} fine-tune epochs)")
-    loggers = [*([TensorBoardLogger(args.tensorboard)] if args.tensorboard else []), CSVLogger(out / "log.csv")]
+    loggers = [*([TensorBoardLogger(args.tensorboard)] if args.tensorboard else []), CSVLogger(out / runfile.LOG_FILE)]
     trainer = Trainer(model, seed=args.seed, device=args.device, amp=runfile.AMP[args.amp],
                       checkpoint_dir=out / runfile.CHECKPOINTS, callbacks=loggers)  # bad settings: refused here
     runfile.write_run_file(out, settings, {"strategy": asdict(strategy), "classes": data.classes})
@@ -130,6 +132,9 @@ def _fit(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
     if report is not None:
         report.plot_confusion_matrix(out / "confusion_matrix.png")
         report.plot_top_losses(out / "top_losses.png")
+    else:                                                     # a previous run's (--force): replaced by none
+        (out / "confusion_matrix.png").unlink(missing_ok=True)
+        (out / "top_losses.png").unlink(missing_ok=True)
     _fit_html(out, report, history, model, args, strategy, data)
     runfile.remove_checkpoints(out)                           # the classifier is saved: nothing left to resume
     print(_summary(report, history))
@@ -166,8 +171,10 @@ def _labelled_files(data_dir: str, classes: tuple[str, ...], transform: Any) -> 
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    """``transferlearn evaluate RUN_DIR DATA_DIR [--json]``: the report on a labelled folder."""
+    """``transferlearn evaluate RUN_DIR DATA_DIR [--json] [--html FILE [--force]]``: the report on a labelled folder."""
     clf = load_classifier(args.run_dir)
+    if args.html is not None:
+        _html_target(args, clf)                               # before the report's work
     report = classification_report(clf, _labelled_files(args.data_dir, clf.classes, clf.transform),
                                    batch_size=args.batch_size)
     if args.html is not None:
@@ -182,6 +189,18 @@ def evaluate(args: argparse.Namespace) -> None:
               f"loss {row['loss']:.3f})")
 
 
+def _html_target(args: argparse.Namespace, clf: Any) -> None:
+    """``--html FILE``: never a file of the classifier (even with ``--force``), never an existing file without it."""
+    path = Path(args.html)
+    if path.is_dir():
+        raise IsADirectoryError(f"--html {args.html!r} is a directory; give the .html file to write")
+    config = clf.config
+    refuse_own_file(path, clf.directory, config.weights_file if config is not None else None,
+                    argument="--html", verb="evaluated", writer="the HTML report")
+    if not args.force and os.path.lexists(path):
+        raise FileExistsError(f"--html {args.html!r} exists; pass --force to replace it")
+
+
 def _evaluate_html(args: argparse.Namespace, clf: Any, report: ClassificationReport) -> None:
     """``evaluate --html FILE``: the report on one page, with the run's curves when it has a history."""
     history = Path(args.run_dir) / "history.json"
@@ -190,8 +209,13 @@ def _evaluate_html(args: argparse.Namespace, clf: Any, report: ClassificationRep
                 "architecture": config.arch if config else None, "weights": config.weights if config else None,
                 "image size": clf.transform.size, "resize": clf.transform.resize,
                 "saved with": dict(config.versions) if config else None}
-    path = write_html(report, args.html, history=History.from_json(history) if history.is_file() else None,
-                      settings=settings, model=clf, title=f"transferlearn evaluate: {args.run_dir} on {args.data_dir}")
+    _html_target(args, clf)                                   # again: the report took a while
+    try:
+        path = write_html(report, args.html, history=History.from_json(history) if history.is_file() else None,
+                          settings=settings, model=clf, overwrite=args.force,
+                          title=f"transferlearn evaluate: {args.run_dir} on {args.data_dir}")
+    except FileExistsError:
+        raise FileExistsError(f"--html {args.html!r} exists; pass --force to replace it") from None
     print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
 
 
@@ -246,37 +270,6 @@ def predict(args: argparse.Namespace) -> None:
         print("[]" if not images else "]", flush=True)
 
 
-def _overlay_names(images: list[str]) -> list[str]:
-    """``<stem>.cam.png`` per image; a stem met again gets ``-2``, ``-3``, ... so none is overwritten."""
-    names: list[str] = []
-    for image in images:
-        stem, k = Path(image).stem, 2
-        name = f"{stem}.cam.png"
-        while name in names:
-            name, k = f"{stem}-{k}.cam.png", k + 1
-        names.append(name)
-    return names
-
-
-def explain(args: argparse.Namespace) -> None:
-    """``transferlearn explain RUN_DIR IMAGE... --out DIR [--target CLASS]``: one overlay PNG per image."""
-    clf = load_classifier(args.run_dir)
-    if args.target is not None and args.target not in clf.classes:
-        raise ValueError(f"--target {args.target!r} is not one of the classifier's classes {list(clf.classes)}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {args.out!r} is a file; give a folder for the overlays")
-    files = [out / name for name in _overlay_names(list(args.images))]
-    taken = [str(f) for f in files if f.exists()]
-    if taken:
-        raise ValueError(f"--out {args.out!r} already holds {taken[0]}; give a new folder (nothing is overwritten)")
-    results = clf.predict(list(args.images), batch_size=args.batch_size)    # every file is read before any write
-    for image, file, row in zip(args.images, files, results):
-        cam = clf.explain(image, target=args.target or row["class"], method=args.method)[0]
-        save_overlay(image, cam, file)
-        print(f"{image}\t{row['class']}\t{row['probability']:.4f}\t{file}")
-
-
 def export(args: argparse.Namespace) -> None:
     """``transferlearn export RUN_DIR --onnx FILE [--force]``."""
     clf = load_classifier(args.run_dir)
@@ -288,9 +281,19 @@ def export(args: argparse.Namespace) -> None:
 
 
 def install(args: argparse.Namespace) -> None:
-    """``transferlearn install-weights FILE WEIGHTS [--no-check-hash]``."""
-    path = install_weights(args.file, args.weights, check_hash=not args.no_check_hash)
-    print(f"installed {args.weights} -> {path}")
+    """``transferlearn install-weights FILE WEIGHTS [--no-check-hash] [--force]``: a different checkpoint
+    already in the cache is replaced only with ``--force``; the same bytes there are "already installed"."""
+    target = checkpoint_path(as_weights(args.weights))
+    existed = target.is_file()
+    try:
+        path = install_weights(args.file, args.weights, check_hash=not args.no_check_hash, force=args.force)
+    except FileExistsError:
+        raise FileExistsError(f"{target} already holds a different checkpoint of {args.weights}; pass --force "
+                              "to replace it") from None
+    if existed and not args.force:                           # refused unless the bytes were the same
+        print(f"{args.weights} is already installed: {path}")
+    else:
+        print(f"installed {args.weights} -> {path}")
 
 
 def recommend(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from ..data.folder import load_image_folder
 from ..model.heads import replace_head
 from ..model.load import load_model
 from ..train.trainer import Trainer
+from ._runfile import workers
 
 __all__ = ["add_parser", "run"]
 
@@ -40,7 +41,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--end-lr", type=float, default=1.0)
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    p.add_argument("--workers", type=workers, default=None, help="DataLoader worker processes (0 to 4 x the CPU count)")
     p.add_argument("--out", default=None, metavar="PNG", help="write the curve to this PNG file")
     p.set_defaults(run=run)
 

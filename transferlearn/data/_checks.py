@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import check_bool, check_float, check_int, check_path, describe
-from .scan import RUN_MARKER, Scan
+from .scan import RUN_MARKERS, Scan
 
 __all__: list[str] = []
 
@@ -16,9 +16,10 @@ __all__: list[str] = []
 def check_classes(scan: Scan, min_classes: int) -> None:
     """At least ``min_classes`` classes, before any file is decoded; runs found are warned."""
     if scan.runs:
-        warnings.warn(f"left out {len(scan.runs)} folder(s) holding {RUN_MARKER} (a transferlearn run or saved "
-                      f"classifier, not a class): {', '.join(map(repr, scan.runs))}; they are listed in "
-                      ".skipped. Keep run folders outside the data folder", UserWarning, stacklevel=3)
+        markers = " or ".join(RUN_MARKERS)
+        warnings.warn(f"left out {len(scan.runs)} folder(s) holding {markers} (a transferlearn run, saved "
+                      f"classifier or explain overlays, not a class): {', '.join(map(repr, scan.runs))}; they are "
+                      "listed in .skipped. Keep run folders outside the data folder", UserWarning, stacklevel=3)
     files = next(iter(scan.parts.values()))
     if len(files) < min_classes:
         counts = ", ".join(f"{name!r}: {len(paths)} images" for name, paths in files.items())

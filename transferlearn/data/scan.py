@@ -10,8 +10,9 @@ image files of every class, following symbolic links with care:
   ``val``, has no single label and is an error naming both paths;
 - a dangling link, a link loop and a folder that cannot be listed are broken entries,
   handled like unreadable images (``skip_broken``);
-- a folder holding ``classifier.json`` (a transferlearn run or a saved classifier, e.g. a
-  ``fit --out`` put inside the data) is not a class and is not read; it is noted and warned.
+- a folder holding one of ``RUN_MARKERS`` (``classifier.json``: a transferlearn run or a saved
+  classifier, e.g. a ``fit --out`` put inside the data; ``.transferlearn-overlays``: the heat
+  maps of ``transferlearn explain --out``) is not a class and is not read; it is noted and warned.
 
 Notes are ``(path, reason)`` pairs; ``load_image_folder`` lists them in ``.skipped``.
 """
@@ -25,9 +26,11 @@ from typing import NamedTuple
 
 from .images import IMAGE_EXTENSIONS
 
-__all__ = ["RUN_MARKER", "Scan", "is_run_dir", "scan_layout"]
+__all__ = ["OVERLAYS_MARKER", "RUN_MARKER", "RUN_MARKERS", "Scan", "is_run_dir", "run_marker", "scan_layout"]
 
 RUN_MARKER = "classifier.json"   # what makes a folder a transferlearn run / saved classifier
+OVERLAYS_MARKER = ".transferlearn-overlays"   # what makes a folder the overlays of `transferlearn explain`
+RUN_MARKERS = (RUN_MARKER, OVERLAYS_MARKER)   # a folder holding one is transferlearn's output, never a class
 
 
 class Scan(NamedTuple):
@@ -51,9 +54,15 @@ class Scan(NamedTuple):
     runs: list[str]
 
 
+def run_marker(path: str | os.PathLike) -> str | None:
+    """The first of ``RUN_MARKERS`` the folder ``path`` holds, None if none."""
+    return next((m for m in RUN_MARKERS if os.path.isfile(os.path.join(path, m))), None)
+
+
 def is_run_dir(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder holding ``classifier.json`` (a run or a saved classifier)."""
-    return os.path.isfile(os.path.join(path, RUN_MARKER))
+    """True when ``path`` is a folder of transferlearn's output: it holds one of ``RUN_MARKERS``
+    (``classifier.json`` of a run or a saved classifier, ``.transferlearn-overlays`` of ``explain``)."""
+    return run_marker(path) is not None
 
 
 def _is_image(name: str) -> bool:
@@ -91,10 +100,11 @@ class _Walker:
         self.runs: list[str] = []
 
     def run_dir(self, path: str) -> bool:
-        if not is_run_dir(path):
+        marker = run_marker(path)
+        if marker is None:
             return False
-        self.notes.append((path, f"a transferlearn run or classifier folder (it has {RUN_MARKER}), "
-                                 "not images of a class: not read"))
+        what = "run or classifier" if marker == RUN_MARKER else "explain overlays"
+        self.notes.append((path, f"a transferlearn {what} folder (it has {marker}), not images of a class: not read"))
         self.runs.append(path)
         return True
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import filecmp
 import importlib.util
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..base import as_weights, atomic_write, check_int, describe, sha256_file
+from ..base import as_weights, atomic_write, check_bool, check_int, describe, sha256_file
 from .heads import replace_head
 from .rebuild import check_classification
 
@@ -118,6 +120,22 @@ def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) 
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
 
 
+def _get_model(arch: str, weights: tvm.WeightsEnum | None, kwargs: dict[str, Any]) -> nn.Module:
+    """``torchvision.models.get_model``; a cached checkpoint that cannot be read is named, with how to
+    reinstall it (a truncated download, a file copied over it, another model's file)."""
+    try:
+        return tvm.get_model(arch, weights=weights, **kwargs)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        if weights is None or not checkpoint_path(weights).is_file():
+            raise
+        name = f"{type(weights).__name__}.{weights.name}"
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"the cached checkpoint {checkpoint_path(weights)} of {name} cannot be loaded "
+                         f"({type(error).__name__}: {first}); it is damaged or not these weights: reinstall it "
+                         f"with install_weights(file, {name!r}, force=True) "
+                         f"(transferlearn install-weights FILE {name} --force)") from error
+
+
 def _weights_name(weights: Any) -> str | None:
     """``"MobileNet_V2_Weights.IMAGENET1K_V1"`` for an enum member; strings as given."""
     if isinstance(weights, tvm.WeightsEnum):
@@ -179,7 +197,7 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
                 f"{checkpoint_path(resolved)}); put them there with install_weights(file, "
                 f"{type(resolved).__name__}.{resolved.name}) or pass download=True",
                 f"{type(resolved).__name__}.{resolved.name}", checkpoint_path(resolved))
-        model = tvm.get_model(arch, weights=resolved, **kwargs)
+        model = _get_model(arch, resolved, kwargs)
     if num_classes is not None:
         replace_head(model, num_classes)
     model.transferlearn_arch = arch
@@ -188,7 +206,7 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     return model
 
 
-def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool = True) -> Path:
+def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool = True, force: bool = False) -> Path:
     """Copy a local checkpoint into the torch hub cache under the name torchvision expects.
 
     The SHA-256 of the file must start with the prefix torchvision encodes in the
@@ -199,18 +217,22 @@ def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool =
         file: path of the checkpoint (``.pth``).
         weights: the torchvision weights enum member (or its full name) it belongs to.
         check_hash: verify the hash prefix; turn off only for weights whose file name has none.
+        force: replace a different checkpoint already in the cache (without it that is refused;
+            the same bytes already there are left as they are).
 
     Returns:
         The path of the installed checkpoint.
 
     Raises:
-        TypeError: ``weights`` is not a weights enum or name.
+        TypeError: ``weights`` is not a weights enum or name, ``force`` not a bool.
         FileNotFoundError: ``file`` does not exist.
+        FileExistsError: a different checkpoint is already installed and ``force`` is False.
         ValueError: the hash does not match, or the name has no hash and ``check_hash`` is on.
 
     Example:
         >>> install_weights("mobilenet_v2-b0353104.pth", MobileNet_V2_Weights.IMAGENET1K_V1)
     """
+    check_bool("force", force)
     target = checkpoint_path(as_weights(weights))
     source = Path(file)
     if not source.is_file():
@@ -223,6 +245,11 @@ def install_weights(file: str | os.PathLike, weights: Any, *, check_hash: bool =
         if not actual.startswith(match.group(1)):
             raise ValueError(f"file={str(file)!r} has SHA-256 {actual[:16]}..., but {weights} "
                              f"expects a hash starting with {match.group(1)!r}")
+    if target.is_file() and not force:
+        if filecmp.cmp(source, target, shallow=False):
+            return target                                   # already installed: nothing to write
+        raise FileExistsError(f"{target} already holds a different checkpoint of {weights}; pass force=True "
+                              "to replace it")
     with open(source, "rb") as src:
         atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
     return target

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from ..base import literal_text
+
 __all__: list[str] = []
 
 CSS = """
@@ -142,5 +144,5 @@ def curves_png(records: Sequence[Mapping[str, Any]]) -> bytes | None:
                 ax.plot([kept["epoch"]], [kept[f"val_{metric}"]], marker="*", markersize=14, color="#c0392b")
         ax.set_xlabel("epoch"), ax.set_title(metric), ax.legend(fontsize="small")
         ax.set_xticks(epochs if len(epochs) <= 20 else epochs[::max(1, len(epochs) // 10)])
-    figure.tight_layout()
+    literal_text(figure).tight_layout()
     return figure_png(figure)

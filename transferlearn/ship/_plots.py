@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..base import literal_text
+
 __all__: list[str] = []
 
 
@@ -43,7 +45,7 @@ def confusion_figure(matrix: list[list[int]], classes: Sequence[str], normalize:
                 text = f"{values[i, j]:.2f}" if normalize else str(int(values[i, j]))
                 ax.text(j, i, text, ha="center", va="center", fontsize=8,
                         color="white" if values[i, j] > top / 2 else "black")
-    figure.tight_layout()
+    literal_text(figure).tight_layout()              # class names are text, never mathtext
     return figure
 
 
@@ -72,7 +74,7 @@ def top_losses_figure(rows: list[dict[str, Any]], images: Sequence[torch.Tensor]
     if not rows:
         figure = _figure(4, 1.5)
         figure.text(0.5, 0.5, "no misclassified samples", ha="center", va="center")
-        return figure
+        return literal_text(figure)
     columns = min(columns, len(rows))
     lines = math.ceil(len(rows) / columns)
     figure = _figure(3 * columns, 3.2 * lines)
@@ -84,5 +86,5 @@ def top_losses_figure(rows: list[dict[str, Any]], images: Sequence[torch.Tensor]
         ax.set_axis_off()
         ax.set_title(f"{row['true']} -> {row['predicted']}\nloss {row['loss']:.2f}, p {row['probability']:.2f}",
                      fontsize=9)
-    figure.tight_layout()
+    literal_text(figure).tight_layout()              # class names are text, never mathtext
     return figure

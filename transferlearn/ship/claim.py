@@ -127,7 +127,8 @@ def claimed(directory: Path, what: str, *, take_over: bool = False) -> Iterator[
     Nested use in the same thread (``fit`` claims, then calls ``save_classifier``) reuses
     the outer claim. On a normal exit the claim file is removed. On an exception it is
     removed too unless the directory changed (then it stays, marking the folder as an
-    interrupted write); a directory this call created and left empty is removed.
+    interrupted write); a directory this call created and left empty is removed, and so are
+    the parents it created for it (``runs/new/deeper``), each while empty.
 
     Args:
         directory: the directory to write.
@@ -153,20 +154,21 @@ def claimed(directory: Path, what: str, *, take_over: bool = False) -> Iterator[
         return
     if held is not None:
         raise _refusal(directory, held[1])
-    created = not directory.exists()
+    created = _missing_parents(directory)           # the folders this call creates, innermost first
     directory.mkdir(parents=True, exist_ok=True)
     before = _listing(directory)
-    claim = _acquire(directory, what, take_over)
+    claim = _acquire(directory, what, take_over)      # refused: the directory was there (and claimed)
     with _LOCK:
         _HELD[key] = (threading.get_ident(), claim)
     try:
         yield claim
     except BaseException:
         if _listing(directory) == before:
-            _release(directory, claim, remove_dir=created)
+            _release(directory, claim)
+            _remove_empty(created)
         raise
     else:
-        _release(directory, claim, remove_dir=False)
+        _release(directory, claim)
     finally:
         with _LOCK:
             _HELD.pop(key, None)
@@ -182,10 +184,25 @@ def _listing(directory: Path) -> dict[str, int]:
     return out
 
 
-def _release(directory: Path, claim: Claim, *, remove_dir: bool) -> None:
+def _release(directory: Path, claim: Claim) -> None:
     if read_claim(directory) == claim:
         with contextlib.suppress(OSError):
             (directory / CLAIM_NAME).unlink()
-    if remove_dir:
-        with contextlib.suppress(OSError):
-            directory.rmdir()                # only if empty
+
+
+def _missing_parents(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist, innermost first."""
+    missing, path = [], directory.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a claim created (innermost first), each only while it is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

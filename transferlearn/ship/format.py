@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Callable
 
 from ..model.rebuild import check_structural_kwargs
 
-__all__: list[str] = []
+__all__ = ["refuse_own_file"]
 
 FORMAT = 1
 CONFIG_NAME = "classifier.json"
@@ -179,3 +181,36 @@ def _check_field(data: dict[str, Any], name: str, source: str) -> None:
         shown = json.dumps(data[name])
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise ValueError(f"{source}: field {name!r} must be {accepted}, got {shown}")
+
+
+def refuse_own_file(path: Path, directory: Path | None, weights_file: str | None, *, argument: str,
+                    verb: str, writer: str) -> None:
+    """Refuse to write ``path`` when it is a file of the classifier saved in ``directory`` (its
+    ``classifier.json``, weights, history or metrics), by name or as the same file (a link), whatever
+    any overwrite option says. The one guard ``export_onnx`` and ``evaluate --html`` share.
+
+    Args:
+        path: the file about to be written.
+        directory: the classifier's directory (None: a classifier built in memory, nothing to guard).
+        weights_file: its weights file's name (None when unknown).
+        argument: how the caller names ``path`` in messages (``"path"``, ``"--html"``).
+        verb: what is done to the classifier (``"exported"``, ``"evaluated"``), for the message.
+        writer: what is being written, for the message (``"the ONNX file"``, ``"the HTML report"``).
+
+    Raises:
+        ValueError: ``path`` is one of the classifier's own files.
+
+    Example:
+        >>> refuse_own_file(Path("run/classifier.json"), Path("run"), None, argument="--html",
+        ...                 verb="evaluated", writer="the HTML report")
+        Traceback (most recent call last):
+        ValueError: --html='run/classifier.json' is the classifier.json of the classifier being evaluated ...
+    """
+    if directory is None:
+        return
+    for name in (CONFIG_NAME, *SIDECARS, *([weights_file] if weights_file else [])):
+        mine = directory / name
+        same = path.exists() and mine.exists() and os.path.samefile(path, mine)
+        if same or path.resolve() == mine.resolve():
+            raise ValueError(f"{argument}={str(path)!r} is the {name} of the classifier being {verb} "
+                             f"({directory}); write {writer} elsewhere")

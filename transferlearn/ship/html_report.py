@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..base import __version__, atomic_write, check_path, describe
+from ..base import __version__, atomic_write, check_bool, check_path, describe
 from . import _html as h
 from .classifier import Classifier
 from .explain import class_activation_map
@@ -184,7 +184,7 @@ def _summary(report: Any, records: list[dict[str, Any]]) -> str:
 
 def write_html(report: Any, path: str | os.PathLike, *, history: Any = None,
                settings: Mapping[str, Any] | None = None, model: Any = None,
-               title: str = "transferlearn report") -> Path:
+               title: str = "transferlearn report", overwrite: bool = True) -> Path:
     """Write one self-contained HTML page about a run (atomically).
 
     Args:
@@ -199,12 +199,15 @@ def write_html(report: Any, path: str | os.PathLike, *, history: Any = None,
         model: the network (or ``Classifier``) the report was made with: each top loss gets a
             class-activation overlay of its predicted class. None: thumbnails only.
         title: the page's title.
+        overwrite: replace an existing file at ``path`` (False: ``FileExistsError``, checked
+            atomically when the page is moved into place).
 
     Returns:
         The path written.
 
     Raises:
         TypeError: a report, history, settings, model or title of another type, ``path`` not a path.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
 
     Example:
         >>> write_html(report, "runs/pets/report.html", history=history, model=model,
@@ -217,6 +220,7 @@ def write_html(report: Any, path: str | os.PathLike, *, history: Any = None,
         raise TypeError(f"settings must be a mapping of names to values, got {describe(settings)}")
     if not isinstance(title, str):
         raise TypeError(f"title must be a str, got {describe(title)}")
+    check_bool("overwrite", overwrite)
     model = model.model if isinstance(model, Classifier) else model
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, a Classifier or None, got {describe(model)}")
@@ -228,4 +232,4 @@ def write_html(report: Any, path: str | os.PathLike, *, history: Any = None,
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{h.esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{h.CSS}</style></head>'
             f"<body>{''.join(body)}{_footer()}</body></html>\n")
-    return atomic_write(path, lambda f: f.write(page.encode("utf-8")))
+    return atomic_write(path, lambda f: f.write(page.encode("utf-8")), overwrite=overwrite)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..base import atomic_write, check_bool, check_int, check_path, describe
 from .classifier import Classifier
-from .format import CONFIG_NAME, SIDECARS
+from .format import refuse_own_file
 
 __all__ = ["export_onnx"]
 
@@ -78,15 +78,9 @@ def _check_target(classifier: Classifier, path: Path, overwrite: bool) -> None:
     """Refuse a directory, an existing file (unless ``overwrite``) and any file of the classifier itself."""
     if path.is_dir():
         raise IsADirectoryError(f"path={str(path)!r} is a directory; give the .onnx file to write")
-    if classifier.directory is not None:
-        config = classifier.config
-        own = [CONFIG_NAME, *SIDECARS] + ([config.weights_file] if config is not None else [])
-        for name in own:
-            mine = classifier.directory / name
-            same = path.exists() and mine.exists() and os.path.samefile(path, mine)
-            if same or path.resolve() == mine.resolve():
-                raise ValueError(f"path={str(path)!r} is the {name} of the classifier being exported "
-                                 f"({classifier.directory}); write the ONNX file elsewhere")
+    config = classifier.config
+    refuse_own_file(path, classifier.directory, config.weights_file if config is not None else None,
+                    argument="path", verb="exported", writer="the ONNX file")
     if not overwrite and os.path.lexists(path):
         raise FileExistsError(f"path={str(path)!r} exists; pass overwrite=True to replace it")
 

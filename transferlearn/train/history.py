@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterator, overload
 
-from ..base import atomic_write
+from ..base import atomic_write, literal_text
 
 __all__ = ["History", "plot_history"]
 
@@ -205,6 +205,6 @@ def plot_history(history: Sequence[dict[str, Any]] | Mapping[str, Sequence[dict[
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)
         ax.legend(fontsize="small")
-    fig.tight_layout()
+    literal_text(fig).tight_layout()                     # a run's label is text, never mathtext
     fig.savefig(path, dpi=100)
     return Path(path)
