@@ -90,10 +90,7 @@ def _explain_parser(sub: Any) -> None:
     ex.set_defaults(run=commands.explain)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="transferlearn", description="transfer learning with pretrained CNNs")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _fit_parser(sub)
+def _evaluate_parser(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="accuracy, per-class scores and confusion matrix on a labelled folder")
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image> (its val/ for a train/val layout)")
@@ -104,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                     "classifier's)")
     ev.add_argument("--force", action="store_true", help="replace the --html FILE if it exists")
     ev.set_defaults(run=commands.evaluate)
+
+
+def _predict_parser(sub: Any) -> None:
     pr = sub.add_parser("predict", help="classify image files")
     pr.add_argument("run_dir", metavar="RUN_DIR")
     pr.add_argument("images", metavar="IMAGE", nargs="+")
@@ -114,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true",
                     help="test-time augmentation: mean over the centre crop, corner crops and mirrors")
     pr.set_defaults(run=commands.predict)
-    _explain_parser(sub)
+
+
+def _tool_parsers(sub: Any) -> None:
+    """export, install-weights, recommend."""
     ex = sub.add_parser("export", help="write the classifier as ONNX (dynamic batch, probabilities out)")
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("--onnx", required=True, metavar="FILE")
@@ -131,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--different-domain", action="store_true", help="not ImageNet-like photos")
     rec.add_argument("--total-images", type=int, default=None)
     rec.set_defaults(run=commands.recommend)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="transferlearn", description="transfer learning with pretrained CNNs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _fit_parser(sub)
+    _evaluate_parser(sub)
+    _predict_parser(sub)
+    _explain_parser(sub)
+    _tool_parsers(sub)
     lr_find.add_parser(sub)
     return parser
 
