@@ -16,7 +16,7 @@ from torchvision import models as tvm
 
 from ..base import as_weights, atomic_write, check_int, describe, sha256_file
 from .heads import replace_head
-from .rebuild import check_classification
+from .rebuild import check_classification, check_timm_name
 
 __all__ = ["MissingWeightsError", "checkpoint_path", "install_weights", "load_model"]
 
@@ -155,8 +155,9 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
         The model, in eval mode as torchvision builds it.
 
     Raises:
-        TypeError, ValueError: unknown or non-classification architecture, unknown weights,
-            bad ``num_classes``.
+        TypeError, ValueError: unknown or non-classification architecture, a timm name with
+            a model source (``"timm/hf-hub:..."``, ``"timm/local-dir:..."``: nothing is fetched
+            or read), unknown weights, bad ``num_classes``.
         MissingWeightsError: (a ``FileNotFoundError``) the checkpoint is not cached and
             ``download`` is False.
 
@@ -168,6 +169,7 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     if num_classes is not None:
         check_int("num_classes", num_classes, minimum=0)
     if arch.startswith("timm/"):
+        check_timm_name(arch[5:])
         model = _load_timm(arch[5:], weights, download, dict(kwargs))
         resolved = weights
     else:

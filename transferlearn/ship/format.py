@@ -13,7 +13,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Callable
 
-from ..model.rebuild import check_structural_kwargs
+from ..model.rebuild import check_structural_kwargs, check_timm_name
 
 __all__: list[str] = []
 
@@ -99,6 +99,8 @@ class ClassifierConfig:
             raise ValueError(f"{source}: field 'classes' has {len(data['classes'])} names but "
                              f"'num_classes' is {data['num_classes']}")
         _check_transform(data["transform"], source)
+        if data["arch"].startswith("timm/"):
+            check_timm_name(data["arch"][5:], f"{source}: field 'arch'")
         check_structural_kwargs(data["arch"], data["model_kwargs"], f"{source}: field 'model_kwargs")
         files = data.get("files")
         if files is not None and (data["weights_file"] not in files

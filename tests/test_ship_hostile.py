@@ -1,0 +1,65 @@
+"""The shipping layer under hostile files, second round (the adversarial review of 0.3): a
+classifier.json, a weights file or an argument never makes loading reach the network, read
+outside the run or allocate beyond the file's weights. Each test failed before its fix
+(see docs/reliability.md, section 9)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from transferlearn import load_model
+from transferlearn.cli import main
+from transferlearn.ship.classifier import load_classifier, save_classifier
+
+from .test_ship_safety import CLASSES, TF, _edit, _informative, _one_error, offline, run, saved  # noqa: F401
+
+SOURCES = ["timm/hf-hub:timm/resnet18.a1_in1k", "timm/hf_hub:timm/resnet18.a1_in1k", "timm/local-dir:{dir}",
+           "timm/../resnet18", "timm/sub/resnet18", "timm/resnet18\\x"]
+
+
+@pytest.fixture()
+def no_timm_builder(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"timm.create_model was called with {args[:1]}")
+    monkeypatch.setattr(timm, "create_model", refuse)
+
+
+def _local_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 3}))
+    return folder
+
+
+# --- 10. a timm name with a model source is refused before timm sees it ------------------------
+
+@pytest.mark.parametrize("arch", SOURCES)
+def test_a_timm_name_with_a_model_source_is_refused_before_timm_sees_it(arch, tmp_path, no_timm_builder, offline):
+    arch = arch.format(dir=_local_dir(tmp_path))
+    with pytest.raises(ValueError, match=r"arch='timm/.*' is not a timm model name: .*'hf-hub:', 'hf_hub:' or "
+                                         r"'local-dir:' and paths are not accepted"):
+        load_model(arch, weights=None)
+
+
+@pytest.mark.parametrize("arch", SOURCES)
+def test_a_classifier_json_naming_a_timm_model_source_is_refused_naming_the_field(arch, run, tmp_path,
+                                                                                 no_timm_builder, offline, capsys):
+    _edit(run, arch=arch.format(dir=_local_dir(tmp_path)))
+    with pytest.raises(ValueError, match=r"run/classifier.json: field 'arch'='timm/.*' is not a timm model name"):
+        load_classifier(run)
+    assert main(["predict", str(run), "x.png"]) == 2
+    assert "field 'arch'" in _one_error(capsys)
+
+
+def test_fit_arch_with_a_timm_model_source_is_one_line(tmp_path, no_timm_builder, offline, capsys):
+    (tmp_path / "data").mkdir()
+    code = main(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--weights", "none",
+                 "--arch", f"timm/local-dir:{_local_dir(tmp_path)}"])
+    assert code == 2
+    assert "is not a timm model name" in _one_error(capsys)
+    assert not (tmp_path / "run").exists()
