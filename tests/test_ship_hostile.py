@@ -63,3 +63,34 @@ def test_fit_arch_with_a_timm_model_source_is_one_line(tmp_path, no_timm_builder
     assert code == 2
     assert "is not a timm model name" in _one_error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+# --- 11. model_kwargs cannot size a tensor beyond the file's weights ---------------------------
+
+def test_a_model_kwargs_num_classes_other_than_the_files_is_refused_naming_the_field(run, tmp_path):
+    _edit(run, model_kwargs={"num_classes": 10**12})      # a head of 1.28e15 floats, were it built
+    with pytest.raises(ValueError, match=r"run/classifier.json: field 'model_kwargs.num_classes' is 1000000000000 "
+                                         r"but 'num_classes' is 3; they must be equal"):
+        load_classifier(run)
+    _edit(run, model_kwargs={"num_classes": 3})           # the same number is what the file holds
+    assert load_classifier(run).classes == tuple(CLASSES)
+    with pytest.raises(ValueError, match=r"field 'model_kwargs.num_classes' is 1000 but 'num_classes' is 3"):
+        save_classifier(_informative(), tmp_path / "out", classes=CLASSES, transform=TF,
+                        model_kwargs={"num_classes": 1000})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_buffer_outside_the_state_dict_larger_than_the_weights_is_refused_before_the_real_build(run, monkeypatch):
+    import transferlearn.ship._parts as parts
+    real, built = parts.load_model, []
+
+    def with_buffer(*args, **kwargs):                     # what a structural kwarg could make a builder do
+        model = real(*args, **kwargs)
+        built.append(torch.empty(0).device.type)
+        model.register_buffer("table", torch.empty(10**12), persistent=False)
+        return model
+    monkeypatch.setattr(parts, "load_model", with_buffer)
+    with pytest.raises(ValueError, match=r"its buffer 'table' would hold 1000000000000 values, more than the "
+                                         r"\d+ of the whole weights file"):
+        load_classifier(run)
+    assert built == ["meta"]                              # never built for real

@@ -65,6 +65,16 @@ def not_a_classifier(path: Path, directory: Any) -> ValueError:
                       f"running) and no {CONFIG_NAME}; rerun the save (transferlearn fit ... --force)")
 
 
+def check_bounded(skeleton: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse a rebuilt (meta) model holding a tensor outside its ``state_dict`` (a non-persistent
+    buffer) larger than all the file's weights together: ``model_kwargs`` cannot size one either."""
+    budget = sum(t.numel() for t in tensors.values())
+    for key, buffer in skeleton.named_buffers():
+        if buffer.numel() > budget:
+            raise ValueError(f"{what}: its buffer {key!r} would hold {buffer.numel()} values, more than the "
+                             f"{budget} of the whole weights file; field 'model_kwargs' sizes it")
+
+
 def check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
     """Same names and shapes as the rebuilt model, or a ValueError naming the first differences."""
     missing, unexpected, differ = state_differences(model.state_dict(), tensors)

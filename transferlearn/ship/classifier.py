@@ -283,6 +283,7 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
     what = f"{path / config.weights_file} does not fit {config.arch!r}"
     if skeleton is not None:
         reading.check_fits(skeleton, tensors, what)
+        reading.check_bounded(skeleton, tensors, what)
     model = parts.build_model(config, source=source)
     reading.check_fits(model, tensors, what)
     model.load_state_dict(tensors, strict=True)

@@ -102,6 +102,10 @@ class ClassifierConfig:
         if data["arch"].startswith("timm/"):
             check_timm_name(data["arch"][5:], f"{source}: field 'arch'")
         check_structural_kwargs(data["arch"], data["model_kwargs"], f"{source}: field 'model_kwargs")
+        sized = data["model_kwargs"].get("num_classes", data["num_classes"])
+        if sized != data["num_classes"]:
+            raise ValueError(f"{source}: field 'model_kwargs.num_classes' is {json.dumps(sized)} but 'num_classes' "
+                             f"is {data['num_classes']}; they must be equal (or model_kwargs without num_classes)")
         files = data.get("files")
         if files is not None and (data["weights_file"] not in files
                                   or set(files) - {data["weights_file"], *SIDECARS}):
