@@ -6,6 +6,7 @@ outside the run or allocate beyond the file's weights. Each test failed before i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,41 @@ def test_a_buffer_outside_the_state_dict_larger_than_the_weights_is_refused_befo
                                          r"\d+ of the whole weights file"):
         load_classifier(run)
     assert built == ["meta"]                              # never built for real
+
+
+# --- 12. the weights file is a regular file of the run, its size the header's -------------------
+
+def _weights(run: Path) -> Path:
+    return run / json.loads((run / "classifier.json").read_text())["weights_file"]
+
+
+def test_a_weights_file_that_is_a_symlink_is_refused_even_to_the_right_bytes(run, tmp_path):
+    weights = _weights(run)
+    outside = tmp_path / "outside.safetensors"
+    weights.rename(outside)                               # the very bytes recorded, but outside the run
+    weights.symlink_to(outside)
+    with pytest.raises(ValueError, match=r"model-\w+\.safetensors is a symbolic link; a classifier's weights file "
+                                         r"must be a regular file inside its directory"):
+        load_classifier(run)
+
+
+def test_a_weights_file_that_is_not_a_regular_file_is_named_as_such(run):
+    weights = _weights(run)
+    weights.unlink()
+    os.mkfifo(weights)                                    # reading it would block forever
+    with pytest.raises(ValueError, match=r"model-\w+\.safetensors is not a regular file"):
+        load_classifier(run)
+
+
+def test_a_weights_file_larger_than_its_header_says_is_refused_before_it_is_read(run, monkeypatch):
+    weights = _weights(run)
+    size = weights.stat().st_size
+    with open(weights, "r+b") as handle:
+        handle.truncate(size + (1 << 30))                 # 1 GiB (sparse) appended
+    with pytest.raises(ValueError, match=rf"is {size + (1 << 30)} bytes but its safetensors header describes {size}"):
+        load_classifier(run)
+    with open(weights, "r+b") as handle:
+        handle.truncate(size)
+        handle.write(b"\xff" * 8)                         # a header length beyond the file
+    with pytest.raises(ValueError, match=r"is not a safetensors file: its header length \d+ does not fit"):
+        load_classifier(run)
