@@ -272,3 +272,28 @@ def test_error_in_a_dataloader_worker_keeps_its_type_and_path(tmp_path):
         next(iter(DataLoader(Files(), num_workers=1)))
     assert info.value.path == path and info.value.reason.startswith("truncated or corrupt image data")
     assert "worker process" in str(info.value)
+
+
+@pytest.mark.parametrize("values, pattern", [
+    ([0.0, 0.2, 3.5], r"holds values in \[0, 3.5\]; transferlearn takes float images as intensities in \[0, 1\] "
+                      r"\(never a scale guessed from the pixels\): rescale it first"),
+    ([0.0, 0.2, 300.0], r"holds values in \[0, 300\]"),
+    ([-0.5, 0.2, 0.9], r"holds values in \[-0.5, 0.9\]"),
+    ([0.0, float("nan"), 0.5], r"holds 1 NaN or infinite value\(s\) of \d+"),
+    ([0.0, float("inf"), 0.5], r"holds 1 NaN or infinite value\(s\) of \d+"),
+])
+def test_a_float_image_outside_unit_range_is_refused_naming_it_never_rescaled(tmp_path, values, pattern):
+    arr = np.zeros((8, 8), np.float32)
+    arr[0, :3] = values
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.tif")
+    tf = imagenet_transform(size=8, resize=8, **PLAIN)
+    with pytest.raises(ValueError, match=r"the mode 'F' \(float\) image '.*f.tif' " + pattern):
+        tf(load_image(tmp_path / "f.tif"))
+    with pytest.raises(ValueError, match=r"a mode 'F' \(float\) PIL image " + pattern):
+        tf(Image.fromarray(arr, mode="F"))
+
+
+def test_a_dim_float_image_stays_dim():
+    arr = np.full((8, 8), 0.002, np.float32)             # was stretched by its content before: no longer
+    out = imagenet_transform(size=8, resize=8, **PLAIN)(Image.fromarray(arr, mode="F"))
+    torch.testing.assert_close(out, torch.full((3, 8, 8), 0.002), atol=1e-7, rtol=0)

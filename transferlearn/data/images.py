@@ -179,4 +179,5 @@ def load_image(path: str | os.PathLike, *, draft: tuple[int, int] | None = None)
             img.draft(None, size)
         img.load()
         ImageOps.exif_transpose(img, in_place=True)   # no copy when there is nothing to turn
+    img.filename = str(path)      # opened from a handle: named so that later errors can say which file
     return img
