@@ -133,3 +133,42 @@ def test_a_weights_file_larger_than_its_header_says_is_refused_before_it_is_read
         handle.write(b"\xff" * 8)                         # a header length beyond the file
     with pytest.raises(ValueError, match=r"is not a safetensors file: its header length \d+ does not fit"):
         load_classifier(run)
+
+
+# --- 9. finite weights that compute NaN -----------------------------------------------------------
+
+def _negative_variance(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        model.features[0][1].running_var[2] = -0.5        # finite, but sqrt(var + eps) is NaN
+    return model
+
+
+def test_a_negative_batchnorm_running_var_is_refused_at_save_and_at_load(run, tmp_path):
+    import hashlib
+
+    from safetensors.torch import load, save
+    with pytest.raises(ValueError, match=r"save_classifier refuses the model: tensor 'features.0.1.running_var' "
+                                         r"\(a BatchNorm running variance\) holds 1 negative value\(s\) of 32"):
+        save_classifier(_negative_variance(_informative()), tmp_path / "out", classes=CLASSES, transform=TF)
+    assert not (tmp_path / "out").exists()
+    config = json.loads((run / "classifier.json").read_text())
+    tensors = load((run / config["weights_file"]).read_bytes())
+    tensors["features.0.1.running_var"][2] = -0.5
+    blob = save(tensors)
+    (run / config["weights_file"]).write_bytes(blob)
+    _edit(run, sha256=hashlib.sha256(blob).hexdigest())   # a consistent, tampered file
+    with pytest.raises(ValueError, match=r"model-[0-9a-f]{12}.safetensors is refused: tensor "
+                                         r"'features.0.1.running_var' \(a BatchNorm running variance\) holds 1 negative"):
+        load_classifier(run)
+
+
+def test_non_finite_probabilities_are_an_error_naming_the_items_not_a_nan_class(saved):
+    from transferlearn.ship.classifier import Classifier
+    clf = load_classifier(saved)
+    broken = Classifier(_negative_variance(clf.model), clf.classes, clf.transform)
+    images = [torch.rand(3, 40, 40) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"non-finite \(NaN or inf\) probabilities for items\[0\], items\[1\], "
+                                         r"items\[2\]"):
+        broken.predict(images)
+    with pytest.raises(ValueError, match=r"non-finite \(NaN or inf\) probabilities for items\[0\]"):
+        broken.predict_proba(images[:1])

@@ -86,6 +86,16 @@ def prepared(item: Any, where: str, transform: ImagePreprocess, draft: bool, tta
     return preprocess(item)
 
 
+def _check_finite_rows(probs: torch.Tensor, names: list[str]) -> None:
+    """Refuse NaN or inf probabilities (finite weights can still compute them), naming the items."""
+    bad = (~torch.isfinite(probs)).any(1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(names[i] for i in bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise ValueError(f"the model computed non-finite (NaN or inf) probabilities for {shown}; its weights "
+                         "produce no meaningful prediction for them (check the model, e.g. its BatchNorm "
+                         "statistics, or the images)")
+
+
 def probabilities(model: nn.Module, images: list[tuple[Any, str]], transform: ImagePreprocess, num_classes: int,
                   *, batch_size: int, draft: bool, tta: bool) -> torch.Tensor:
     """``Classifier.predict_proba``'s loop: ``batch_size`` images at a time (with ``tta``, their
@@ -99,5 +109,7 @@ def probabilities(model: nn.Module, images: list[tuple[Any, str]], transform: Im
             chunk = [prepared(x, where, transform, draft, tta) for x, where in images[start:start + batch_size]]
             batch = torch.cat(chunk) if tta else torch.stack(chunk)
             probs = predict(model, batch.to(dtype), batch_size=batch_size).float()
-            rows.append(probs.view(len(chunk), -1, probs.shape[1]).mean(1) if tta else probs)
+            probs = probs.view(len(chunk), -1, probs.shape[1]).mean(1) if tta else probs
+            _check_finite_rows(probs, [where for _, where in images[start:start + batch_size]])
+            rows.append(probs)
     return torch.cat(rows)
