@@ -172,3 +172,28 @@ def test_non_finite_probabilities_are_an_error_naming_the_items_not_a_nan_class(
         broken.predict(images)
     with pytest.raises(ValueError, match=r"non-finite \(NaN or inf\) probabilities for items\[0\]"):
         broken.predict_proba(images[:1])
+
+
+# --- 14. half-precision classifiers evaluate and explain ------------------------------------------
+
+@pytest.mark.parametrize("dtype, min_corr", [(torch.float16, 0.95), (torch.bfloat16, None)])  # bf16: 8-bit mantissa
+def test_a_half_precision_classifier_evaluates_and_explains_in_its_dtype(saved, tmp_path, dtype, min_corr):
+    from torch.utils.data import TensorDataset
+
+    from transferlearn import classification_report
+    reference = load_classifier(saved)
+    save_classifier(_informative().to(dtype), tmp_path / "half", classes=CLASSES, transform=TF)
+    half = load_classifier(tmp_path / "half")
+    assert next(half.model.parameters()).dtype == dtype
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    data = TensorDataset(images, torch.tensor([0, 1, 2, 0]))
+    ours, theirs = classification_report(half, data), classification_report(reference, data)
+    assert ours.loss == pytest.approx(theirs.loss, rel=0.05)       # logits of ~50: half precision's few %
+    torch.testing.assert_close(ours.confusion_matrix, theirs.confusion_matrix)
+    cams, expected = half.explain(list(images)), reference.explain(list(images))
+    for cam, want in zip(cams, expected):
+        assert cam.dtype == torch.float32 and torch.isfinite(cam).all()
+        assert cam.shape == want.shape and float(cam.max()) == pytest.approx(1.0)
+        if min_corr is not None:
+            assert float(torch.corrcoef(torch.stack([cam.flatten(), want.flatten()]))[0, 1]) > min_corr

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..base import describe, run_device
+from ..base import describe, model_dtype, run_device
 from ..data.images import ImageReadError, load_image
 from ..data.transforms import ImagePreprocess
 from ..train.evaluation import predict
@@ -102,7 +102,7 @@ def probabilities(model: nn.Module, images: list[tuple[Any, str]], transform: Im
     views run in forward passes of ``batch_size``), in the model's dtype and memory layout, as
     float32 probabilities (with ``tta``: the mean of the softmax over each image's views)."""
     rows = [torch.empty(0, num_classes)]
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = model_dtype(model)
     fast = use_channels_last("auto", run_device(model), model)  # as the Trainer runs it
     with memory_layout(model, fast):
         for start in range(0, len(images), batch_size):

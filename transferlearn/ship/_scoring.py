@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
-from ..base import describe, eval_mode
+from ..base import describe, eval_mode, to_model
 from ..data.batches import check_targets, split_batch
 from ..data.transforms import ImagePreprocess
 from ..model.data_config import data_config
@@ -117,7 +117,7 @@ def run_model(model: nn.Module, loader: Any, device: torch.device, worst: Worst)
             inputs, y = split_batch(batch, source="data")
             if y is None:
                 raise ValueError("data must yield (image, label) pairs; it yielded images without labels")
-            out = model(inputs.to(device))
+            out = model(to_model(model, inputs, device))
             logits = (out.logits if hasattr(out, "logits") else out).float().cpu()
             y = _labels(y.cpu(), logits, f"data, batch {batch_number}")
             loss = F.cross_entropy(logits, y, reduction="none")
