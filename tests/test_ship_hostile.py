@@ -197,3 +197,16 @@ def test_a_half_precision_classifier_evaluates_and_explains_in_its_dtype(saved, 
         assert cam.shape == want.shape and float(cam.max()) == pytest.approx(1.0)
         if min_corr is not None:
             assert float(torch.corrcoef(torch.stack([cam.flatten(), want.flatten()]))[0, 1]) > min_corr
+
+
+# --- 15. an unknown timm name is a ValueError naming it ---------------------------------------------
+
+def test_an_unknown_timm_name_is_a_value_error_naming_it(capsys, tmp_path):
+    with pytest.raises(ValueError, match=r"arch='timm/resnet_nope.a1_in1k' is not a timm model: timm \S+ has no "
+                                         r"'resnet_nope'; see timm.list_models\(\)"):
+        load_model("timm/resnet_nope.a1_in1k", weights=None)
+    assert load_model("timm/resnet18.a1_in1k", weights=None, num_classes=3).fc.out_features == 3
+    (tmp_path / "data").mkdir()
+    assert main(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--weights", "none",
+                 "--arch", "timm/resnet_nope"]) == 2
+    assert "is not a timm model" in _one_error(capsys)

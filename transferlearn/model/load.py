@@ -102,6 +102,11 @@ def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) 
         import timm
     except ImportError:
         raise ImportError("load_model('timm/...') needs timm: pip install 'transferlearn[timm]'") from None
+    from timm.models import is_model, split_model_name_tag
+
+    if not is_model(split_model_name_tag(name)[0]):
+        raise ValueError(f"arch={'timm/' + name!r} is not a timm model: timm {timm.__version__} has no "
+                         f"{split_model_name_tag(name)[0]!r}; see timm.list_models() (e.g. 'timm/resnet18')")
     if weights not in (None, "DEFAULT"):
         raise ValueError(f"for timm models weights must be None or 'DEFAULT', got {weights!r}")
     if weights is None:
