@@ -210,3 +210,15 @@ def test_an_unknown_timm_name_is_a_value_error_naming_it(capsys, tmp_path):
     assert main(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--weights", "none",
                  "--arch", "timm/resnet_nope"]) == 2
     assert "is not a timm model" in _one_error(capsys)
+
+
+# --- 16. a deeply nested classifier.json is a ValueError naming the file ------------------------------
+
+@pytest.mark.parametrize("text, reason", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                          ('{"format": 1, "n": ' + "9" * 5000 + "}", "integer string conversion")])
+def test_a_classifier_json_the_parser_cannot_take_is_a_value_error_naming_the_file(run, tmp_path, capsys, text, reason):
+    (run / "classifier.json").write_text(text)
+    with pytest.raises(ValueError, match=rf"run/classifier.json is not a classifier.json this library reads \(.*{reason}"):
+        load_classifier(run)
+    assert main(["predict", str(run), "x.png"]) == 2
+    assert "run/classifier.json is not a classifier.json" in _one_error(capsys)

@@ -81,6 +81,9 @@ class ClassifierConfig:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"{source} is not valid JSON ({error})") from None
+        except (RecursionError, ValueError) as error:   # nested too deep for the parser; a number too long
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+            raise ValueError(f"{source} is not a classifier.json this library reads ({reason})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}")
         return cls.from_dict(data, source)
