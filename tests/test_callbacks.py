@@ -120,9 +120,11 @@ def test_resume_with_other_callbacks_is_refused_before_anything_is_loaded(tmp_pa
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ValueError, match=r"holds the state of the callbacks \['Decay'\], this run's callbacks with "
                                          r"state are \[\]"):
-        Trainer(m, progress=False, checkpoint_dir=tmp_path).fit(
-            DataLoader(separable(48), batch_size=16), warmup_epochs=2, finetune_epochs=(1, 2), head_lr=1e-2,
-            backbone_lr=1e-3, unfreeze=(1, None), resume=True)  # the same layout; only the callbacks differ
+        Trainer(m, progress=False, checkpoint_dir=tmp_path).fit(    # the same recipe; only the callbacks differ
+            DataLoader(separable(48), batch_size=16), resume=True,
+            phases=[Phase("warmup", 2, trains="head", head_lr=1e-2),
+                    Phase("finetune:last1", 1, trains=1, head_lr=1e-2, backbone_lr=1e-3),
+                    Phase("finetune:all", 2, head_lr=5e-3, backbone_lr=5e-4)])
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 

@@ -186,7 +186,8 @@ def test_train_val_errors(tmp_path):
 
 @pytest.mark.parametrize("kwargs, exc, pattern", [
     (dict(val_fraction=1.0), ValueError, r"val_fraction must be >= 0 and < 1 .*got 1.0"),
-    (dict(val_fraction=-0.1), ValueError, r"val_fraction must be a finite number >= 0.0 and <= 1.0, got -0.1"),
+    (dict(val_fraction=-0.1), ValueError, r"val_fraction must be >= 0 and < 1 \(some images must train\), got -0.1"),
+    (dict(val_fraction=1.5), ValueError, r"val_fraction must be >= 0 and < 1 \(some images must train\), got 1.5"),
     (dict(val_fraction=float("nan")), ValueError, r"val_fraction must be a finite number"),
     (dict(val_fraction="0.2"), TypeError, r"val_fraction must be a real number, got '0.2'"),
     (dict(seed=-1), ValueError, r"seed must be an int >= 0, got -1"),

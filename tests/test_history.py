@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
@@ -96,3 +97,33 @@ def test_plot_compares_several_runs(history, tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="history is empty"):
         plot_history({"a": History()}, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ("[1, 2]", r"record 1 must be an object, got int"),
+    ('{"a": 1}', r"is not a history this library reads: it must hold a JSON list of per-epoch records, got dict"),
+    ('[{"epoch": "x", "val_loss": 1}]', r"record 1 field 'epoch' must be an int >= 1, got \"x\""),
+    ('[{"epoch": 1e400}]', r"record 1 field 'epoch' must be an int >= 1, got Infinity"),
+    ('[{"epoch": 1, "val_loss": 1}, {"epoch": 2, "val_loss": "low"}]', r"record 2 field 'val_loss' must be a finite "
+                                                                       r"number or null"),
+    ('[{"epoch": 1, "lr": {"head": "fast"}}]', r"record 1 field 'lr' must be an object of learning rates"),
+    ("nan", r"is not a history this library reads: not valid JSON \(Expecting value"),
+    ("[" * 100_000, r"is not a history this library reads: not valid JSON \(nested too deeply\)"),
+])
+def test_a_damaged_history_json_is_a_value_error_naming_the_file_record_and_field(tmp_path, content, pattern):
+    (tmp_path / "history.json").write_text(content)
+    with pytest.raises(ValueError, match=r".*history.json:? " + pattern):
+        History.from_json(tmp_path / "history.json")
+
+
+def test_evaluate_html_with_a_damaged_history_json_is_one_line_naming_it(tmp_path, capsys):
+    from tests.test_ship_safety import CLASSES, TF, _informative, _one_error
+    from transferlearn.cli import main
+    from transferlearn.ship.classifier import save_classifier
+    save_classifier(_informative(), tmp_path / "run", classes=CLASSES, transform=TF)
+    for name in CLASSES:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (len(name) * 30, 90, 10)).save(tmp_path / "data" / name / "0.png")
+    (tmp_path / "run" / "history.json").write_text('[{"epoch": "x", "val_loss": 1}]')
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "data"), "--html", str(tmp_path / "e.html")]) == 2
+    assert "run/history.json: record 1 field 'epoch' must be an int >= 1" in _one_error(capsys)

@@ -272,3 +272,52 @@ def test_error_in_a_dataloader_worker_keeps_its_type_and_path(tmp_path):
         next(iter(DataLoader(Files(), num_workers=1)))
     assert info.value.path == path and info.value.reason.startswith("truncated or corrupt image data")
     assert "worker process" in str(info.value)
+
+
+@pytest.mark.parametrize("values, pattern", [
+    ([0.0, 0.2, 3.5], r"holds values in \[0, 3.5\]; transferlearn takes float images as intensities in \[0, 1\] "
+                      r"\(never a scale guessed from the pixels\): rescale it first"),
+    ([0.0, 0.2, 300.0], r"holds values in \[0, 300\]"),
+    ([-0.5, 0.2, 0.9], r"holds values in \[-0.5, 0.9\]"),
+    ([0.0, float("nan"), 0.5], r"holds 1 NaN or infinite value\(s\) of \d+"),
+    ([0.0, float("inf"), 0.5], r"holds 1 NaN or infinite value\(s\) of \d+"),
+])
+def test_a_float_image_outside_unit_range_is_refused_naming_it_never_rescaled(tmp_path, values, pattern):
+    arr = np.zeros((8, 8), np.float32)
+    arr[0, :3] = values
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.tif")
+    tf = imagenet_transform(size=8, resize=8, **PLAIN)
+    with pytest.raises(ValueError, match=r"the mode 'F' \(float\) image '.*f.tif' " + pattern):
+        tf(load_image(tmp_path / "f.tif"))
+    with pytest.raises(ValueError, match=r"a mode 'F' \(float\) PIL image " + pattern):
+        tf(Image.fromarray(arr, mode="F"))
+
+
+def test_a_dim_float_image_stays_dim():
+    arr = np.full((8, 8), 0.002, np.float32)             # was stretched by its content before: no longer
+    out = imagenet_transform(size=8, resize=8, **PLAIN)(Image.fromarray(arr, mode="F"))
+    torch.testing.assert_close(out, torch.full((3, 8, 8), 0.002), atol=1e-7, rtol=0)
+
+
+def test_an_image_over_max_image_pixels_is_refused_before_decoding_naming_it(tmp_path, monkeypatch):
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.png")      # 1200 pixels: over 1000, under Pillow's 2 x 1000
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageReadError, match=r"big.png.*too many pixels \(40 x 30 = 1200 pixels, over "
+                                             r"PIL.Image.MAX_IMAGE_PIXELS = 1000"):
+        load_image(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1200)
+    assert load_image(tmp_path / "big.png").size == (40, 30)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert load_image(tmp_path / "big.png").size == (40, 30)
+
+
+def test_a_sixteen_bit_image_is_converted_in_float32_not_float64():
+    import tracemalloc
+    img = Image.fromarray(np.full((1000, 1000), 5000, np.uint16))
+    tf = imagenet_transform(size=32, resize=32, **PLAIN)
+    tracemalloc.start()
+    out = tf(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1000 * 1000 * 7, peak                    # uint16 copy + float32 (6 bytes a pixel), not + float64
+    torch.testing.assert_close(out, torch.full((3, 32, 32), 5000 / 65535), atol=1e-6, rtol=0)

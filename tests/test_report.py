@@ -139,7 +139,7 @@ def test_a_classifier_brings_its_classes_and_must_agree_with_the_data():
     (("model", TensorDataset(torch.zeros(2, 2), torch.zeros(2))), {}, TypeError, r"model_or_classifier must be an nn.Module or a Classifier"),
     ((nn.Identity(), [1, 2]), {}, TypeError, r"data must be a torch Dataset or DataLoader yielding \(image, label\), got \[1, 2\]"),
     ((nn.Identity(), TensorDataset(torch.zeros(2, 2))), {}, ValueError, r"data must yield \(image, label\) pairs"),
-    ((nn.Identity(), TensorDataset(torch.zeros(2, 2), torch.tensor([0, 2]))), {}, ValueError, r"labels must be class indices in \[0, 1\], got \[0, 2\]"),
+    ((nn.Identity(), TensorDataset(torch.zeros(2, 2), torch.tensor([0, 2]))), {}, ValueError, r"data, batch 1: target 2 \(row 1\) is not a class index; expected class indices as an int64 tensor of shape \(N,\), each in \[0, 2\) \(the model has 2 outputs\)$"),
     ((nn.Identity(), TensorDataset(torch.zeros(0, 2), torch.zeros(0).long())), {}, ValueError, r"data is empty"),
     ((nn.Identity(), TensorDataset(torch.zeros(2, 2), torch.tensor([0, 1])), ["a", "b", "c"]), {}, ValueError, r"the model gives 2 outputs but classes has 3 names"),
     ((nn.Identity(), TensorDataset(torch.zeros(2, 2), torch.tensor([0, 1])), ["a", "a"]), {}, ValueError, r"classes must be unique class-name strings"),
@@ -148,6 +148,17 @@ def test_a_classifier_brings_its_classes_and_must_agree_with_the_data():
 def test_errors(args, kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):
         classification_report(*args, **kwargs)
+
+
+@pytest.mark.parametrize("labels, exc, pattern", [
+    (torch.tensor([0.0, 1.0, 2.0, 0.5, 1.7, 2.9]), TypeError, r"batch 1: targets of dtype torch.float32"),
+    (torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.int32), TypeError, r"batch 1: targets of dtype torch.int32"),
+    (torch.tensor([0, 1, 2, 0, 1, -100]), ValueError, r"batch 2: labels of -100 \(an ignore_index\) cannot be scored"),
+])
+def test_labels_that_are_not_class_indices_are_refused_naming_the_batch_not_truncated(labels, exc, pattern):
+    data = torch.utils.data.DataLoader(TensorDataset(torch.rand(6, 3, 16, 16), labels), batch_size=4)
+    with pytest.raises(exc, match=r"data, " + pattern):
+        classification_report(TinyNet(), data, ["a", "b", "c"])
 
 
 def _report() -> ClassificationReport:

@@ -90,6 +90,8 @@ def test_every_pil_mode_gives_three_finite_channels(mode, tmp_path):
     elif mode == "I":       # mode I has a known range only from its file (here a 16-bit PGM): integer_top
         Image.fromarray(np.random.default_rng(0).integers(0, 65536, (40, 30)).astype(np.uint16)).save(tmp_path / "i.pgm")
         img = Image.open(tmp_path / "i.pgm")
+    elif mode == "F":       # float images are intensities in [0, 1]
+        img = Image.fromarray((np.asarray(img.convert("F")) / 255).astype(np.float32), mode="F")
     elif mode == "P":
         img = img.convert("P", palette=Image.Palette.ADAPTIVE)
         img.info["transparency"] = 0

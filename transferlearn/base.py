@@ -245,6 +245,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = mode
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def to_model(model: nn.Module, inputs: torch.Tensor, device: object = None) -> torch.Tensor:
+    """``inputs`` on the model's device (or ``device``) and, when floating, in the model's dtype:
+    what a float16, bfloat16 or float64 model takes (``predict_proba``, reports, CAMs).
+
+    Example:
+        >>> to_model(nn.Linear(2, 2).half(), torch.zeros(1, 2)).dtype
+        torch.float16
+    """
+    dtype = model_dtype(model) if inputs.is_floating_point() else inputs.dtype
+    return inputs.to(device=run_device(model, device), dtype=dtype)
+
+
 def run_device(model: nn.Module, device: object = None) -> torch.device:
     """``device`` if given, else the device of the model's first parameter (cpu if none)."""
     if device is not None:

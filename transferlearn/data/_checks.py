@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 import warnings
 from pathlib import Path
@@ -28,8 +30,8 @@ def check_classes(scan: Scan, min_classes: int) -> None:
 
 
 def check_options(val_fraction: Any, seed: Any, flags: dict[str, Any], check: Any, max_imbalance: Any) -> None:
-    check_float("val_fraction", val_fraction, minimum=0.0, maximum=1.0)
-    if val_fraction >= 1:
+    check_float("val_fraction", val_fraction, minimum=-math.inf)     # the type; the range below, one message
+    if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be >= 0 and < 1 (some images must train), got {val_fraction!r}")
     check_int("seed", seed)
     for name, value in flags.items():

@@ -21,14 +21,20 @@ __all__ = ["to_rgb"]
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _unit_range(arr: np.ndarray) -> np.ndarray:
-    """Scale a float image to [0, 1] by the smallest of [0, 1], [0, 255], [0, 65535] holding it."""
-    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+def _float_intensities(arr: np.ndarray, img: Image.Image) -> np.ndarray:
+    """A float (mode F) image's values as they are: intensities in [0, 1], never rescaled by content."""
+    name = f"the mode 'F' (float) image {img.filename!r}" if getattr(img, "filename", "") else \
+        "a mode 'F' (float) PIL image"
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise ValueError(f"{name} holds {int((~finite).sum())} NaN or infinite value(s) of {arr.size}; "
+                         "transferlearn takes float images as intensities in [0, 1]")
     low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    for top in (1.0, 255.0, 65535.0):
-        if low >= 0.0 and high <= top:
-            return arr / top
-    return (arr - low) / (high - low) if high > low else np.zeros_like(arr)
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{name} holds values in [{low:g}, {high:g}]; transferlearn takes float images as "
+                         "intensities in [0, 1] (never a scale guessed from the pixels): rescale it first, "
+                         "e.g. Image.fromarray(np.asarray(img) / 65535)")
+    return arr
 
 
 _NO_RANGE = "has no standard value range (it is never guessed from the pixel values)"
@@ -61,24 +67,28 @@ def to_rgb(img: Any) -> Image.Image | torch.Tensor:
     torchvision's ``ImageFolder`` loader does (alpha is dropped). 16-bit modes (I;16) are
     divided by 65535 and 32-bit integer images (I) by their file format's full range
     (``integer_top``: 16-bit PGM/PNG 65535, TIFF by its bit depth), never by their content,
-    so a dark 16-bit scan stays dark in every format; float images (F) are scaled to [0, 1]
-    by the smallest of the ranges [0, 1], [0, 255], [0, 65535] that holds their values
-    (else by their min and max); all become float tensors. Tensors and numpy arrays may be
+    so a dark 16-bit scan stays dark in every format; float images (F) are intensities taken
+    as they are, and must lie in [0, 1] (never rescaled by their content); all become float
+    tensors. Tensors and numpy arrays may be
     (H, W), (1|3, H, W) or (H, W, 1|3); uint8 is divided by 255, uint16 by 65535, bool is
     0/1, floats are taken as they are; other integer types have no standard range and are
     refused.
 
     Raises:
         TypeError: not an image, or an integer tensor/array other than uint8, uint16, bool.
-        ValueError: a tensor of another shape, or a mode ``I`` image of unknown range
-            (``integer_top``).
+        ValueError: a tensor of another shape, a mode ``I`` image of unknown range
+            (``integer_top``), or a mode ``F`` image with values outside [0, 1], NaN or inf.
     """
     if isinstance(img, Image.Image):
         if img.mode == "RGB":
             return img
         if img.mode in _HIGH_BIT_MODES:
-            arr = np.asarray(img).astype(np.float64)
-            unit = _unit_range(arr) if img.mode == "F" else arr / integer_top(img)
+            arr = np.asarray(img).astype(np.float32)     # float32, divided in place: 4 bytes a pixel, not 16
+            if img.mode == "F":
+                unit = _float_intensities(arr, img)
+            else:
+                arr /= np.float32(integer_top(img))
+                unit = arr
             return _tensor_rgb(torch.from_numpy(unit).float())
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")

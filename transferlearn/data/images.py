@@ -74,6 +74,17 @@ def _reason(exc: BaseException) -> str:
     return f"truncated or corrupt image data ({type(exc).__name__}: {exc})"
 
 
+def _check_pixels(img: Image.Image) -> None:
+    """Refuse, before decoding, an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow itself only
+    warns up to twice that); ``None`` turns the bound off, as in Pillow."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = img.size
+    if limit is not None and width * height > limit:
+        raise Image.DecompressionBombError(
+            f"{width} x {height} = {width * height} pixels, over PIL.Image.MAX_IMAGE_PIXELS = {limit}; raise "
+            "that limit if you trust the file")
+
+
 def _tiff_top(img: Image.Image) -> float | None:
     """Full range of a TIFF's integer samples from its tags (BitsPerSample, SampleFormat)."""
     tags = getattr(img, "tag_v2", None)
@@ -177,6 +188,8 @@ def load_image(path: str | os.PathLike, *, draft: tuple[int, int] | None = None)
         img = Image.open(file)
         if size is not None and img.format == "JPEG":
             img.draft(None, size)
+        _check_pixels(img)
         img.load()
         ImageOps.exif_transpose(img, in_place=True)   # no copy when there is nothing to turn
+    img.filename = str(path)      # opened from a handle: named so that later errors can say which file
     return img

@@ -18,7 +18,7 @@ from torchvision import models as tvm
 
 from ..base import as_weights, atomic_write, check_bool, check_int, describe, sha256_file
 from .heads import replace_head
-from .rebuild import check_classification
+from .rebuild import check_classification, check_timm_name
 
 __all__ = ["MissingWeightsError", "checkpoint_path", "install_weights", "load_model"]
 
@@ -104,6 +104,11 @@ def _load_timm(name: str, weights: Any, download: bool, kwargs: dict[str, Any]) 
         import timm
     except ImportError:
         raise ImportError("load_model('timm/...') needs timm: pip install 'transferlearn[timm]'") from None
+    from timm.models import is_model, split_model_name_tag
+
+    if not is_model(split_model_name_tag(name)[0]):
+        raise ValueError(f"arch={'timm/' + name!r} is not a timm model: timm {timm.__version__} has no "
+                         f"{split_model_name_tag(name)[0]!r}; see timm.list_models() (e.g. 'timm/resnet18')")
     if weights not in (None, "DEFAULT"):
         raise ValueError(f"for timm models weights must be None or 'DEFAULT', got {weights!r}")
     if weights is None:
@@ -173,8 +178,9 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
         The model, in eval mode as torchvision builds it.
 
     Raises:
-        TypeError, ValueError: unknown or non-classification architecture, unknown weights,
-            bad ``num_classes``.
+        TypeError, ValueError: unknown or non-classification architecture, a timm name with
+            a model source (``"timm/hf-hub:..."``, ``"timm/local-dir:..."``: nothing is fetched
+            or read), unknown weights, bad ``num_classes``.
         MissingWeightsError: (a ``FileNotFoundError``) the checkpoint is not cached and
             ``download`` is False.
 
@@ -186,6 +192,7 @@ def load_model(arch: str, *, weights: Any = "DEFAULT", num_classes: int | None =
     if num_classes is not None:
         check_int("num_classes", num_classes, minimum=0)
     if arch.startswith("timm/"):
+        check_timm_name(arch[5:])
         model = _load_timm(arch[5:], weights, download, dict(kwargs))
         resolved = weights
     else:

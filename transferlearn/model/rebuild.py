@@ -9,13 +9,20 @@ structure.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torchvision import models as tvm
 
 from ..base import describe
 
-__all__ = ["STRUCTURAL_KWARGS", "check_classification", "check_structural_kwargs", "classification_archs"]
+__all__ = ["STRUCTURAL_KWARGS", "check_classification", "check_structural_kwargs", "check_timm_name",
+           "classification_archs"]
+
+# A timm model name, optionally with its pretrained tag ("vit_small_patch16_224.augreg_in21k"):
+# letters, digits, '_', '-' and '.', no ':' (timm reads "hf-hub:", "hf_hub:" and "local-dir:" as a
+# place to load the model from) and no path separator.
+_TIMM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 # Keyword arguments that only shape a classifier's structure (read from the builders: the
 # torchvision model classes' __init__ and timm's common model arguments), per source. Options
@@ -53,6 +60,31 @@ def check_classification(arch: str) -> None:
                          f"module=torchvision.models) ({shown}) or 'timm/<name>'")
     raise ValueError(f"arch={arch!r} is not a torchvision model; see torchvision.models.list_models("
                      f"module=torchvision.models) ({shown}) or use 'timm/<name>'")
+
+
+def check_timm_name(name: str, what: str = "arch") -> None:
+    """Refuse a timm name that names a place to load from rather than a model.
+
+    ``timm.create_model`` reads ``"hf-hub:org/repo"`` / ``"hf_hub:..."`` as a Hugging Face
+    repository to contact and ``"local-dir:/path"`` as a folder whose config it reads, so
+    any ':' or path separator is refused: a saved classifier or ``--arch`` never makes
+    ``load_model`` reach the network or a file outside the run.
+
+    Args:
+        name: the part after ``"timm/"``.
+        what: the argument or field to name in the error.
+
+    Raises:
+        ValueError: ``name`` is not a plain timm model name.
+
+    Example:
+        >>> check_timm_name("resnet18")
+    """
+    if not _TIMM_NAME.fullmatch(name):
+        raise ValueError(f"{what}={'timm/' + name!r} is not a timm model name: 'timm/' must be followed "
+                         "by a name of timm.list_models() (letters, digits, '_', '-', '.', e.g. "
+                         "'timm/resnet18' or 'timm/vit_small_patch16_224.augreg_in21k'); model sources "
+                         "such as 'hf-hub:', 'hf_hub:' or 'local-dir:' and paths are not accepted")
 
 
 def check_structural_kwargs(arch: str, kwargs: Any, source: str) -> dict[str, Any]:

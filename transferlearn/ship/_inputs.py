@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..base import describe, run_device
+from ..base import describe, model_dtype, run_device
 from ..data.images import ImageReadError, load_image
 from ..data.transforms import ImagePreprocess
 from ..train.evaluation import predict
@@ -86,18 +86,30 @@ def prepared(item: Any, where: str, transform: ImagePreprocess, draft: bool, tta
     return preprocess(item)
 
 
+def _check_finite_rows(probs: torch.Tensor, names: list[str]) -> None:
+    """Refuse NaN or inf probabilities (finite weights can still compute them), naming the items."""
+    bad = (~torch.isfinite(probs)).any(1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(names[i] for i in bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise ValueError(f"the model computed non-finite (NaN or inf) probabilities for {shown}; its weights "
+                         "produce no meaningful prediction for them (check the model, e.g. its BatchNorm "
+                         "statistics, or the images)")
+
+
 def probabilities(model: nn.Module, images: list[tuple[Any, str]], transform: ImagePreprocess, num_classes: int,
                   *, batch_size: int, draft: bool, tta: bool) -> torch.Tensor:
     """``Classifier.predict_proba``'s loop: ``batch_size`` images at a time (with ``tta``, their
     views run in forward passes of ``batch_size``), in the model's dtype and memory layout, as
     float32 probabilities (with ``tta``: the mean of the softmax over each image's views)."""
     rows = [torch.empty(0, num_classes)]
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = model_dtype(model)
     fast = use_channels_last("auto", run_device(model), model)  # as the Trainer runs it
     with memory_layout(model, fast):
         for start in range(0, len(images), batch_size):
             chunk = [prepared(x, where, transform, draft, tta) for x, where in images[start:start + batch_size]]
             batch = torch.cat(chunk) if tta else torch.stack(chunk)
             probs = predict(model, batch.to(dtype), batch_size=batch_size).float()
-            rows.append(probs.view(len(chunk), -1, probs.shape[1]).mean(1) if tta else probs)
+            probs = probs.view(len(chunk), -1, probs.shape[1]).mean(1) if tta else probs
+            _check_finite_rows(probs, [where for _, where in images[start:start + batch_size]])
+            rows.append(probs)
     return torch.cat(rows)

@@ -144,8 +144,15 @@ def check_rebuilds(model: nn.Module, config: ClassifierConfig) -> None:
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    """Refuse NaN or inf in any floating tensor, naming the first such tensor."""
+    """Refuse NaN or inf in any floating tensor, and a negative BatchNorm ``running_var`` (whose
+    square root is NaN), naming the first such tensor."""
     for key, value in tensors.items():
+        if key.rsplit(".", 1)[-1] == "running_var" and value.is_floating_point():
+            negative = int((value < 0).sum())
+            if negative:
+                raise ValueError(f"{what}: tensor {key!r} (a BatchNorm running variance) holds {negative} negative "
+                                 f"value(s) of {value.numel()}; a variance is never negative, and the model would "
+                                 "compute NaN")
         if value.is_floating_point() or value.is_complex():
             bad = int((~torch.isfinite(value)).sum())
             if bad:

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
-from ..base import describe, eval_mode
-from ..data.batches import split_batch
+from ..base import describe, eval_mode, to_model
+from ..data.batches import check_targets, split_batch
 from ..data.transforms import ImagePreprocess
 from ..model.data_config import data_config
 from .classifier import Classifier
@@ -96,20 +96,30 @@ class Worst:
         self.rows = sorted(self.rows, key=lambda r: (-r[0], r[1]))[:self.k]
 
 
+def _labels(y: torch.Tensor, logits: torch.Tensor, where: str) -> torch.Tensor:
+    """The batch's labels as int64 class indices, checked by the Trainer's rule (``check_targets``:
+    no float, bool or int32 labels, no value outside ``[0, C)``); ``-100`` cannot be scored either."""
+    try:
+        counted = check_targets(y, logits, criterion=nn.NLLLoss(), where=where)
+    except (TypeError, ValueError) as error:   # the Trainer's message, without the loss's ignore_index
+        raise type(error)(str(error).replace(" or -100 (the criterion's ignore_index)", "")) from None
+    if counted != y.numel():
+        raise ValueError(f"{where}: labels of -100 (an ignore_index) cannot be scored; a report needs the class "
+                         f"index of every item, in [0, {logits.shape[1]})")
+    return y.long()
+
+
 def run_model(model: nn.Module, loader: Any, device: torch.device, worst: Worst) -> tuple[torch.Tensor, ...]:
     """Targets, probabilities and per-sample losses over the whole data, in order."""
     targets, probs, losses, offset = [], [], [], 0
     with eval_mode(model), torch.inference_mode():
-        for batch in loader:
+        for batch_number, batch in enumerate(loader, 1):
             inputs, y = split_batch(batch, source="data")
             if y is None:
                 raise ValueError("data must yield (image, label) pairs; it yielded images without labels")
-            out = model(inputs.to(device))
+            out = model(to_model(model, inputs, device))
             logits = (out.logits if hasattr(out, "logits") else out).float().cpu()
-            y = y.cpu().long()
-            if y.ndim != 1 or (len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1])):
-                raise ValueError(f"labels must be class indices in [0, {logits.shape[1] - 1}], got "
-                                 f"{describe(y.tolist())}")
+            y = _labels(y.cpu(), logits, f"data, batch {batch_number}")
             loss = F.cross_entropy(logits, y, reduction="none")
             worst.add(offset, inputs, loss, logits.argmax(1) != y)
             targets.append(y), probs.append(logits.softmax(1)), losses.append(loss)

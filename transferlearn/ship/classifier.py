@@ -222,7 +222,8 @@ class Classifier:
             TypeError: an item of another type, a tensor of another dtype.
             ValueError: ``top_k`` out of range, a tensor of the wrong shape or with values
                 outside [0, 1], an unreadable image file (the error names the path), or an
-                image whose resize would exceed ``PIL.Image.MAX_IMAGE_PIXELS``.
+                image whose resize would exceed ``PIL.Image.MAX_IMAGE_PIXELS``, or NaN / inf
+                probabilities (finite weights can compute them; the error names the items).
 
         Example:
             >>> clf = load_classifier("runs/pets")
@@ -283,6 +284,7 @@ def load_classifier(directory: str | os.PathLike, *, device: Any = None) -> Clas
     what = f"{path / config.weights_file} does not fit {config.arch!r}"
     if skeleton is not None:
         reading.check_fits(skeleton, tensors, what)
+        reading.check_bounded(skeleton, tensors, what)
     model = parts.build_model(config, source=source)
     reading.check_fits(model, tensors, what)
     model.load_state_dict(tensors, strict=True)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..base import check_bool, check_int, check_module, describe, eval_mode, run_device
+from ..base import check_bool, check_int, check_module, describe, eval_mode, to_model
 from ..data.images import load_image
 from ..data.transforms import to_rgb
 from ..model.anatomy import Anatomy, model_anatomy
@@ -76,7 +76,7 @@ def _feature_maps(model: nn.Module, head: nn.Module, inputs: torch.Tensor,
     handles.append(head.register_forward_pre_hook(head_starts))
     try:
         with eval_mode(model), torch.inference_mode():
-            model(inputs[:1].to(run_device(model)))
+            model(to_model(model, inputs[:1]))
     finally:
         for handle in handles:
             handle.remove()
@@ -221,7 +221,7 @@ def class_activation_map(model: nn.Module, inputs: torch.Tensor, *, target: Any 
     handle, outputs = _capture(model, name)
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
-            x = batch.detach().clone().to(run_device(model)).requires_grad_(True)
+            x = to_model(model, batch.detach().clone()).requires_grad_(True)
             out = model(x)
             logits = out.logits if hasattr(out, "logits") else out
             classes = _targets(target, logits.detach())

@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..model.rebuild import check_structural_kwargs
+from ..model.rebuild import check_structural_kwargs, check_timm_name
 
 __all__ = ["refuse_own_file"]
 
@@ -83,6 +83,9 @@ class ClassifierConfig:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"{source} is not valid JSON ({error})") from None
+        except (RecursionError, ValueError) as error:   # nested too deep for the parser; a number too long
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+            raise ValueError(f"{source} is not a classifier.json this library reads ({reason})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}")
         return cls.from_dict(data, source)
@@ -101,7 +104,13 @@ class ClassifierConfig:
             raise ValueError(f"{source}: field 'classes' has {len(data['classes'])} names but "
                              f"'num_classes' is {data['num_classes']}")
         _check_transform(data["transform"], source)
+        if data["arch"].startswith("timm/"):
+            check_timm_name(data["arch"][5:], f"{source}: field 'arch'")
         check_structural_kwargs(data["arch"], data["model_kwargs"], f"{source}: field 'model_kwargs")
+        sized = data["model_kwargs"].get("num_classes", data["num_classes"])
+        if sized != data["num_classes"]:
+            raise ValueError(f"{source}: field 'model_kwargs.num_classes' is {json.dumps(sized)} but 'num_classes' "
+                             f"is {data['num_classes']}; they must be equal (or model_kwargs without num_classes)")
         files = data.get("files")
         if files is not None and (data["weights_file"] not in files
                                   or set(files) - {data["weights_file"], *SIDECARS}):

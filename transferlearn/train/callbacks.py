@@ -175,4 +175,5 @@ class Checkpoints:
                          history=history.records(), phase=history[-1]["phase"], next_epoch=next_epoch,
                          generators=run.generators, best=best.summary(), groups=run.layout_at(len(history)),
                          best_state=best.state if best.epoch == history[-1]["epoch"] else None,
-                         callbacks=callback_states(self.callbacks))
+                         callbacks=callback_states(self.callbacks),
+                         recipe=ckpt.describe_phases(run.recipe.phases))

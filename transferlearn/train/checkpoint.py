@@ -14,14 +14,45 @@ from ..base import atomic_write, describe, state_differences
 from .runtime import rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "model_differences", "optimizer_layout",
-           "write_epoch", "read_resume", "resolve_resume", "LAST", "BEST", "FORMAT"]
+           "write_epoch", "read_resume", "resolve_resume", "describe_phases", "LAST", "BEST", "FORMAT"]
 
 LAST = "last.pt"
 BEST = "best.pt"
 _BEST_NEXT = "best.pt.next"
 FORMAT = 2
 _FIELDS = ("epoch", "next", "phase", "model", "optimizer", "optimizer_class", "groups", "scaler", "history",
-           "rng", "best")  # and, optional (written when a callback has state): "callbacks"
+           "rng", "best")  # and, optional: "callbacks" (when a callback has state), "recipe" (since 0.3)
+_PHASE_FIELDS = ("name", "trains", "head_lr", "backbone_lr", "freeze_bn", "cache", "schedule")
+
+
+def describe_phases(phases: Any) -> list[dict[str, Any]]:
+    """Each phase of a recipe as plain values (what a checkpoint records and a resume compares):
+    name, what trains, the rates, the BatchNorm policy, the cache setting and the schedule.
+    The epoch counts are not among them (the plan check covers them).
+
+    Example:
+        >>> describe_phases(Recipe.from_fit(warmup_epochs=1, finetune_epochs=1).phases)[0]["trains"]
+        'head'
+    """
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+    out = []
+    for phase in phases:
+        kind = phase.schedule.kind
+        kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", type(kind).__name__)
+        record = {k: plain(getattr(phase, k)) for k in _PHASE_FIELDS if k != "schedule"}
+        out.append({**record, "schedule": [kind, phase.schedule.warmup_steps]})
+    return out
+
+
+def _recipe_differences(saved: Any, ours: list[dict[str, Any]]) -> list[str]:
+    """The phase fields that differ between a checkpoint's recipe and this run's, by phase name."""
+    if not isinstance(saved, list) or not all(isinstance(p, dict) for p in saved):
+        return [f"its recipe record is not a list of phases (got {describe(saved)})"]
+    if [p.get("name") for p in saved] != [p["name"] for p in ours]:
+        return [f"phases {[p.get('name') for p in saved]} in the checkpoint, {[p['name'] for p in ours]} in this run"]
+    return [f"phase {mine['name']!r} field {key!r}: {theirs.get(key)!r} in the checkpoint, {mine[key]!r} in this run"
+            for theirs, mine in zip(saved, ours) for key in _PHASE_FIELDS if theirs.get(key) != mine[key]]
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -131,12 +162,14 @@ def check_resumable(state: Any, path: Path, model: nn.Module, optimizer: torch.o
 def write_epoch(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
                 history: list[dict[str, Any]], phase: str, next_epoch: int, generators: list[torch.Generator],
                 best: dict[str, Any], best_state: dict[str, torch.Tensor] | None,
-                groups: list[list[Any]] | None = None, callbacks: list[list[Any]] | None = None) -> None:
+                groups: list[list[Any]] | None = None, callbacks: list[list[Any]] | None = None,
+                recipe: list[dict[str, Any]] | None = None) -> None:
     """Write the end of an epoch. A new best goes to ``best.pt.next`` first, then ``last.pt``
     (naming it), then ``best.pt.next`` replaces ``best.pt``: a crash at any point leaves a
     ``last.pt`` whose best epoch is on disk (``read_resume`` finishes an interrupted swap).
     ``groups``: the layout a resume must match (default ``optimizer_layout(optimizer)``);
-    ``callbacks``: ``[[name, state], ...]`` of the callbacks with state (the optional field)."""
+    ``callbacks``: ``[[name, state], ...]`` of the callbacks with state (an optional field);
+    ``recipe``: ``describe_phases`` of the run's phases (an optional field, compared on resume)."""
     if best_state is not None:
         save_checkpoint(directory / _BEST_NEXT, {"epoch": best["epoch"], "model": best_state})
     state = {"format": FORMAT, "epoch": history[-1]["epoch"], "next": next_epoch, "phase": phase,
@@ -146,6 +179,8 @@ def write_epoch(directory: Path, *, model: nn.Module, optimizer: torch.optim.Opt
              "scaler": scaler.state_dict(), "history": history, "rng": rng_state(generators), "best": best}
     if callbacks:
         state["callbacks"] = callbacks
+    if recipe is not None:
+        state["recipe"] = recipe
     save_checkpoint(directory / LAST, state)
     if best_state is not None:
         os.replace(directory / _BEST_NEXT, directory / BEST)
@@ -154,10 +189,13 @@ def write_epoch(directory: Path, *, model: nn.Module, optimizer: torch.optim.Opt
 def read_resume(path: Path, *, plan: list[str], model: nn.Module, optimizer: torch.optim.Optimizer,
                 generators: list[torch.Generator] = (), plan_text: str | None = None,
                 layout_at: Callable[[int], list[list[Any]]] | None = None,
+                recipe: list[dict[str, Any]] | None = None,
                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Read ``path`` and the best weights it names, checked against this run's model,
-    optimizer and ``plan`` (the phase name of each epoch; ``plan_text`` says it in words);
-    nothing is loaded into the model here. ``layout_at``: see ``check_resumable``."""
+    optimizer and ``plan`` (the phase name of each epoch; ``plan_text`` says it in words)
+    and, field by field, ``recipe`` (``describe_phases``; a checkpoint written before 0.3
+    records none and resumes as before); nothing is loaded into the model here.
+    ``layout_at``: see ``check_resumable``."""
     state = load_checkpoint(path)
     epoch = state.get("epoch") if isinstance(state, dict) else None
     fits = isinstance(epoch, int) and 1 <= epoch <= len(plan)
@@ -166,6 +204,11 @@ def read_resume(path: Path, *, plan: list[str], model: nn.Module, optimizer: tor
         words = plan_text or f"{plan.count('warmup')} warm-up and {plan.count('finetune')} fine-tune epochs"
         raise ValueError(f"checkpoint {str(path)!r} ended epoch {epoch} in phase {state['phase']!r}, "
                          f"which does not fit this run's plan of {words}")
+    differ = _recipe_differences(state["recipe"], recipe) if recipe is not None and "recipe" in state else []
+    if differ:
+        raise ValueError(f"checkpoint {str(path)!r} was written by another recipe: {'; '.join(differ[:3])}. Nothing "
+                         "was loaded; resume with the same fit arguments (or strategy), or start afresh in another "
+                         "checkpoint_dir")
     if len(state["rng"].get("loaders", [])) != len(generators):
         raise ValueError(f"checkpoint {str(path)!r} saved the states of {len(state['rng'].get('loaders', []))} "
                          f"random generators of the training loader, this loader has {len(generators)}; resume "

@@ -77,11 +77,24 @@ class History(Sequence):
 
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> "History":
-        """Read what ``to_json`` wrote: a JSON string or a path to a file."""
-        text = str(source)
+        """Read what ``to_json`` wrote: a JSON string or a path to a file, checked record by
+        record (``epoch`` an int >= 1, ``phase`` a string, losses, accuracies and ``seconds``
+        finite numbers or null, ``lr`` an object of numbers).
+
+        Raises:
+            ValueError: the text is not JSON, not a list of records, or a field is of the wrong
+                type; the message names the file (or "history JSON text"), the record and field.
+        """
+        text, where = str(source), "history JSON text"
         if not text.lstrip().startswith("["):
+            where = str(source)
             text = Path(source).read_text(encoding="utf-8")
-        return cls(json.loads(text))
+        try:
+            data = json.loads(text)
+        except (RecursionError, ValueError) as error:
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+            raise ValueError(f"{where} is not a history this library reads: not valid JSON ({reason})") from None
+        return cls(_checked_records(data, where))
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         """The records as CSV, one row per epoch; learning rates as ``lr:<group>`` columns."""
@@ -104,6 +117,44 @@ class History(Sequence):
         if "\n" not in text:
             text = Path(source).read_text(encoding="utf-8")
         return cls([_unflatten(row) for row in csv.DictReader(io.StringIO(text))])
+
+
+_NUMBERS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "seconds")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checked_records(data: Any, where: str) -> list[dict[str, Any]]:
+    """``data`` as History records, or a ValueError naming ``where``, the record and the field."""
+    if not isinstance(data, list):
+        raise ValueError(f"{where} is not a history this library reads: it must hold a JSON list of per-epoch "
+                         f"records, got {type(data).__name__}")
+    for i, record in enumerate(data, 1):
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: record {i} must be an object, got {type(record).__name__}")
+        problem = _record_problem(record)
+        if problem:
+            field, accepted = problem
+            shown = json.dumps(record.get(field), allow_nan=True)[:40]
+            raise ValueError(f"{where}: record {i} field {field!r} must be {accepted}, got {shown}")
+    return data
+
+
+def _record_problem(record: dict[str, Any]) -> tuple[str, str] | None:
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return "epoch", "an int >= 1"
+    if "phase" in record and not isinstance(record["phase"], str):
+        return "phase", "a string"
+    for field in _NUMBERS:
+        if record.get(field) is not None and not _is_number(record[field]):
+            return field, "a finite number or null"
+    lr = record.get("lr", {})
+    if not isinstance(lr, dict) or not all(_is_number(v) for v in lr.values()):
+        return "lr", "an object of learning rates (finite numbers)"
+    return None
 
 
 def _write(path: str | os.PathLike, text: str) -> None:

@@ -127,7 +127,8 @@ class Run:
             return
         state, best_state = ckpt.read_resume(path, plan=self.plan_names(), model=self.model, optimizer=self.optimizer,
                                              generators=self.generators, plan_text=self.recipe.describe(),
-                                             layout_at=self.layout_at)
+                                             layout_at=self.layout_at,
+                                             recipe=ckpt.describe_phases(self.recipe.phases))
         check_callback_states(state.get("callbacks", []), self.callbacks, f"checkpoint {str(path)!r}")
         self.best.restore(state["best"], best_state)
         self.model.load_state_dict(state["model"])
