@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from transferlearn import History, Trainer, plot_history
