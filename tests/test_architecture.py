@@ -63,3 +63,22 @@ def test_the_check_resolves_relative_imports():
     assert any(t.startswith("transferlearn.base") for _, t in imported(heads))
     assert layer_of("transferlearn.ship.classifier") > layer_of("transferlearn.model.heads")
     assert layer_of("transferlearn") is None  # the root re-exports everything; it sits above all layers
+
+
+def _code_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body after its docstring."""
+    body = function.body
+    has_doc = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+        and isinstance(body[0].value.value, str)
+    start = body[1].lineno if has_doc and len(body) > 1 else body[0].lineno
+    return function.end_lineno - start + 1
+
+
+def test_modules_and_functions_stay_small():
+    """About 300 lines a module, about 40 lines of code a function (docstrings not counted)."""
+    big = {module_name(p): n for p in PKG.rglob("*.py") if (n := p.read_text().count("\n")) > 310}
+    assert big == {}, f"modules over ~300 lines: {big}"
+    long = [f"{module_name(p)}.{node.name}: {_code_lines(node)}" for p in PKG.rglob("*.py")
+            for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > 40]
+    assert long == [], f"functions over ~40 lines of code: {long}"
