@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
 from transferlearn import Trainer, load_image_folder
@@ -18,6 +17,7 @@ from transferlearn.train.recipe import use_feature_cache
 
 from .conftest import TinyNet
 from .test_folder import SMALL, make_folder
+from .test_trainer_sampling import Recorder
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +113,6 @@ def test_the_imbalance_warning_names_balance_and_is_quiet_once_balanced(skewed):
 def test_errors(skewed, call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call(skewed)
-
-
-class Recorder(nn.Module):
-    """Cross-entropy that remembers the targets of every training batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[list[int]] = []
-
-    def forward(self, logits, targets):
-        self.batches.append(targets.tolist())
-        return nn.functional.cross_entropy(logits, targets)
 
 
 def test_a_cached_warmup_on_a_balanced_loader_trains_on_the_samplers_own_draws(skewed):
