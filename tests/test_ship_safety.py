@@ -726,3 +726,46 @@ def test_predict_progress_on_stderr_and_no_progress(saved, tmp_path, capsys, mon
     assert main(["predict", str(saved), *images, "--batch-size", "2", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and len(captured.out.splitlines()) == 5
+
+
+# ------------------------------------------------- a run directory's files are read only as regular files
+def test_a_run_directorys_files_are_never_read_through_links_or_without_bound(run, tmp_path):
+    """Second adversarial pass: classifier.json or history.json linked outside the run were read there,
+    and a claim marker linked to /dev/zero was read until memory ran out."""
+    from transferlearn import History
+    outside = tmp_path / "outside.json"
+    shutil.copy(run / "classifier.json", outside)
+    (run / "classifier.json").unlink()
+    (run / "classifier.json").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"classifier.json is a symbolic link; a classifier.json .* is read only "
+                                         r"as a regular file inside its folder"):
+        load_classifier(run)
+    zero = tmp_path / "zero"
+    zero.mkdir()
+    (zero / CLAIM_NAME).symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=r"is not a saved classifier yet: it is being written by a write, started "
+                                         r"at an unknown time"):          # an unreadable claim, not read on
+        load_classifier(zero)
+    (tmp_path / "history.json").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"history.json is a symbolic link"):
+        History.from_json(tmp_path / "history.json")
+    big = tmp_path / "big" / "history.json"
+    big.parent.mkdir()
+    with open(big, "wb") as f:                                            # sparse: 100 MB on paper
+        f.truncate(100 << 20)
+    with pytest.raises(ValueError, match=r"history.json is 104857600 bytes; a history.json is at most 67108864"):
+        History.from_json(big)
+
+
+def test_lr_find_never_writes_over_a_file_or_into_the_data(folder, tmp_path, capsys):
+    """Second adversarial pass: `lr-find --out data/cat/000.png` replaced a photo, and --out data/coffee/plot.png
+    planted the plot in a class the next fit trained on."""
+    target = next((folder / "cat").iterdir()) if (folder / "cat").is_dir() else next(next(folder.iterdir()).iterdir())
+    before = target.read_bytes()
+    args = ["lr-find", str(folder), "--weights", "none", "--arch", "mobilenet_v3_small", "--steps", "5"]
+    assert main(args + ["--out", str(target)]) == 2
+    assert "is inside DATA_DIR" in capsys.readouterr().err and target.read_bytes() == before
+    mine = tmp_path / "notes.png"
+    mine.write_bytes(b"mine")
+    assert main(args + ["--out", str(mine)]) == 2
+    assert "exists; pass --force to replace it" in capsys.readouterr().err and mine.read_bytes() == b"mine"

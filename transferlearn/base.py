@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
@@ -80,6 +81,24 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_regular_file(path: str | os.PathLike, *, limit: int, what: str = "the file") -> bytes:
+    """The bytes of ``path``, a regular file (no link, device or pipe) of at most ``limit`` bytes, else
+    a ``ValueError`` naming it: how a run directory's files are read (never outside it, never unbounded)."""
+    path = Path(path)
+    info = os.lstat(path)  # a missing file: FileNotFoundError, as open() gives
+    if stat.S_ISLNK(info.st_mode):
+        raise ValueError(f"{path} is a symbolic link; {what} is read only as a regular file inside its folder")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file; {what} is read only as a regular file")
+    if info.st_size > limit:
+        raise ValueError(f"{path} is {info.st_size} bytes; {what} is at most {limit} bytes")
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew since lstat
+        raise ValueError(f"{path} is over {limit} bytes; {what} is at most {limit} bytes")
+    return data
 
 
 def check_path(name: str, value: Any) -> Path:

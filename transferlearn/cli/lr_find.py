@@ -9,6 +9,7 @@ PNG. Registered in the parser by ``add_parser`` (one line in ``cli/__init__.py``
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..data.folder import load_image_folder
@@ -42,17 +43,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=workers, default=None, help="DataLoader worker processes (0 to 4 x the CPU count)")
-    p.add_argument("--out", default=None, metavar="PNG", help="write the curve to this PNG file")
+    p.add_argument("--out", default=None, metavar="PNG", help="write the curve to this PNG file (a new file)")
+    p.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     """Load the model and the folder's training split as ``fit`` does, run ``Trainer.lr_find``, report."""
+    out = _plot_path(args)                                   # before anything is loaded
     weights = None if args.weights.lower() == "none" else args.weights
     model = load_model(args.arch, weights=weights)
-    recorded = model.transferlearn_weights
-    data = load_image_folder(args.data_dir, seed=args.seed, size=args.image_size,
-                             weights=recorded if recorded and "." in recorded else None)
+    data = load_image_folder(args.data_dir, seed=args.seed, size=args.image_size, model=model)  # its own preprocessing
     replace_head(model, len(data.classes))
     train_loader, _ = data.loaders(args.batch_size, num_workers=args.workers)
     result = Trainer(model, seed=args.seed, progress=False).lr_find(
@@ -62,5 +63,19 @@ def run(args: argparse.Namespace) -> None:
           f"{' on cached features' if result.cached else ''}")
     print("suggested head_lr: " + ("none (the curve is too short)" if result.suggestion is None
                                    else f"{result.suggestion:.2e}"))
-    if args.out is not None:
-        print(f"wrote {result.plot(args.out)}")
+    if out is not None:
+        print(f"wrote {result.plot(out)}")
+
+
+def _plot_path(args: argparse.Namespace) -> Path | None:
+    """``--out``: a new file (``--force`` replaces one), never inside DATA_DIR, where the next
+    ``fit`` would read the plot as a training image."""
+    if args.out is None:
+        return None
+    out, data = Path(args.out), Path(args.data_dir).resolve()
+    if data == out.resolve() or data in out.resolve().parents:
+        raise ValueError(f"--out {args.out!r} is inside DATA_DIR {args.data_dir!r}: the next fit would read the "
+                         "plot as an image; write it outside the data folder")
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise ValueError(f"--out {args.out!r} exists; pass --force to replace it")
+    return out

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..base import state_differences
+from ..base import read_regular_file, state_differences
 from ._parts import check_finite
 from .claim import read_claim
 from .format import CONFIG_NAME, ClassifierConfig
@@ -74,11 +74,9 @@ def read_weights(path: Path, config: ClassifierConfig) -> dict[str, torch.Tensor
 def read_config(path: Path) -> ClassifierConfig:
     """``classifier.json`` parsed and checked; a binary or oversized file is named as such."""
     file = path / CONFIG_NAME
-    if file.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ValueError(f"{file} is {file.stat().st_size} bytes; a classifier.json is at most "
-                         f"{_MAX_CONFIG_BYTES} bytes (class names and a few numbers)")
+    data = read_regular_file(file, limit=_MAX_CONFIG_BYTES, what="a classifier.json (class names and a few numbers)")
     try:
-        text = file.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{file} is not a UTF-8 text (JSON) file: byte {error.start} is "
                          f"{error.object[error.start:error.start + 1]!r}") from None

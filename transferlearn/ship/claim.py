@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..base import pid_running
+from ..base import pid_running, read_regular_file
 
 __all__ = ["CLAIM_NAME", "Claim", "ClaimedError", "claimed", "read_claim"]
+
+_MAX_CLAIM_BYTES = 1 << 16  # pid, host, time, what, token: a few hundred bytes
 
 CLAIM_NAME = ".transferlearn-writing"
 _HELD: dict[str, tuple[int, "Claim"]] = {}       # resolved directory -> (thread, claim) held here
@@ -63,7 +65,7 @@ class Claim:
 def read_claim(directory: Path) -> Claim | None:
     """The claim in ``directory``, None if there is none; an unreadable one reads as a dead writer."""
     try:
-        data = json.loads((directory / CLAIM_NAME).read_bytes())
+        data = json.loads(read_regular_file(directory / CLAIM_NAME, limit=_MAX_CLAIM_BYTES, what="a claim marker"))
         return Claim(int(data["pid"]), str(data["host"]), str(data["started"]), str(data["what"]),
                      str(data["token"]))
     except FileNotFoundError:

@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterator, overload
 
-from ..base import atomic_write, literal_text
+from ..base import atomic_write, literal_text, read_regular_file
 
 __all__ = ["History", "plot_history"]
+
+_MAX_HISTORY_BYTES = 1 << 26  # 64 MiB: a record is ~300 bytes, so about 200,000 epochs
 
 _LR = "lr:"
 
@@ -88,7 +90,7 @@ class History(Sequence):
         text, where = str(source), "history JSON text"
         if not text.lstrip().startswith("["):
             where = str(source)
-            text = Path(source).read_text(encoding="utf-8")
+            text = read_regular_file(source, limit=_MAX_HISTORY_BYTES, what="a history.json").decode("utf-8")
         try:
             data = json.loads(text)
         except (RecursionError, ValueError) as error:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import check_choice, check_float, check_int, describe
+from ..base import atomic_write, check_choice, check_float, check_int, describe
 from ..data.batches import split_batch
 from ..model.optim import param_groups
 from .evaluation import _split_outputs
@@ -63,12 +63,13 @@ class LRFindResult:
             ImportError: matplotlib is not installed (``pip install matplotlib``).
         """
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
         except ImportError as error:
             raise ImportError("LRFindResult.plot needs matplotlib: pip install matplotlib") from error
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        FigureCanvasAgg(fig)  # this figure renders with Agg; the process-wide backend is left alone
+        ax = fig.subplots()
         ax.plot(self.lrs, self.losses, label="smoothed loss")
         if self.suggestion is not None:
             ax.axvline(self.suggestion, color="C3", linestyle="--", label=f"suggestion {self.suggestion:.2e}")
@@ -76,10 +77,7 @@ class LRFindResult:
                title="lr_find" + (" (on cached features)" if self.cached else ""))
         ax.legend()
         fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> float | None:
