@@ -104,6 +104,16 @@ def test_a_32_bit_integer_tiff_is_scaled_by_its_bit_depth(tmp_path, dtype, top):
     torch.testing.assert_close(out[0, 0], torch.from_numpy(arr[0] / top).float(), atol=1e-9, rtol=0)
 
 
+def test_a_signed_integer_tiff_with_negative_values_is_refused_like_a_float_outside_unit_range(tmp_path):
+    """Second adversarial pass: a signed 32-bit TIFF's negative samples read as negative intensities,
+    while a float image outside [0, 1] was refused."""
+    Image.fromarray(np.array([[0, -5, 200, 7]] * 4, dtype=np.int32)).save(tmp_path / "s.tif")
+    img = load_image(tmp_path / "s.tif")
+    with pytest.raises(ValueError, match=r"the mode 'I' \(integer\) image '.*s\.tif' holds values in \[-.*, .*\]; "
+                                         r"transferlearn takes integer images as intensities in \[0, 1\]"):
+        imagenet_transform(size=4, resize=4, **PLAIN)(img)
+
+
 def test_an_integer_image_of_unknown_range_is_refused_not_guessed(tmp_path):
     tf = imagenet_transform(size=4, resize=4)
     with pytest.raises(ValueError, match=r"a mode 'I' \(32-bit integer\) PIL image not read from a file has no "

@@ -21,17 +21,18 @@ __all__ = ["to_rgb"]
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _float_intensities(arr: np.ndarray, img: Image.Image) -> np.ndarray:
-    """A float (mode F) image's values as they are: intensities in [0, 1], never rescaled by content."""
-    name = f"the mode 'F' (float) image {img.filename!r}" if getattr(img, "filename", "") else \
-        "a mode 'F' (float) PIL image"
+def _float_intensities(arr: np.ndarray, img: Image.Image, kind: str = "float") -> np.ndarray:
+    """An image's intensities as they are, in [0, 1], never rescaled by content: a float (mode F)
+    image's values, or an integer image's over its format's range."""
+    name = f"the mode {img.mode!r} ({kind}) image {img.filename!r}" if getattr(img, "filename", "") else \
+        f"a mode {img.mode!r} ({kind}) PIL image"
     finite = np.isfinite(arr)
     if not finite.all():
         raise ValueError(f"{name} holds {int((~finite).sum())} NaN or infinite value(s) of {arr.size}; "
-                         "transferlearn takes float images as intensities in [0, 1]")
+                         f"transferlearn takes {kind} images as intensities in [0, 1]")
     low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if low < 0.0 or high > 1.0:
-        raise ValueError(f"{name} holds values in [{low:g}, {high:g}]; transferlearn takes float images as "
+        raise ValueError(f"{name} holds values in [{low:g}, {high:g}]; transferlearn takes {kind} images as "
                          "intensities in [0, 1] (never a scale guessed from the pixels): rescale it first, "
                          "e.g. Image.fromarray(np.asarray(img) / 65535)")
     return arr
@@ -88,7 +89,7 @@ def to_rgb(img: Any) -> Image.Image | torch.Tensor:
                 unit = _float_intensities(arr, img)
             else:
                 arr /= np.float32(integer_top(img))
-                unit = arr
+                unit = _float_intensities(arr, img, "integer")  # a signed file's negative values: refused too
             return _tensor_rgb(torch.from_numpy(unit).float())
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
