@@ -40,13 +40,6 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
 def _side(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_SIDE:
@@ -64,10 +57,10 @@ def _fit_parser(sub: Any) -> None:
     fit.add_argument("--weights", default="DEFAULT", help="pretrained weights: IMAGENET1K_V1, DEFAULT, ... or none")
     fit.add_argument("--strategy", default="auto", choices=commands.STRATEGIES,
                      help="auto asks recommend_strategy with the smallest class's image count")
-    fit.add_argument("--epochs", type=_positive, default=None, help="total epochs (default: the strategy's)")
+    fit.add_argument("--epochs", type=_runfile._positive, default=None, help="total epochs (default: the strategy's)")
     fit.add_argument("--image-size", type=_side, default=None,
                      help=f"input side, at most {MAX_SIDE} (default: the weights')")
-    fit.add_argument("--batch-size", type=_positive, default=32)
+    fit.add_argument("--batch-size", type=_runfile._positive, default=32)
     fit.add_argument("--val-fraction", type=float, default=0.2, help="share of each class for validation")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=_runfile.workers, default=None,
@@ -86,7 +79,7 @@ def _explain_parser(sub: Any) -> None:
     ex.add_argument("--out", required=True, metavar="DIR", help="folder for IMAGE's <stem>.cam.png (never overwritten)")
     ex.add_argument("--target", metavar="CLASS", default=None, help="explain this class (default: the predicted one)")
     ex.add_argument("--method", default="hirescam", choices=("hirescam", "gradcam"))
-    ex.add_argument("--batch-size", type=_positive, default=32)
+    ex.add_argument("--batch-size", type=_runfile._positive, default=32)
     ex.set_defaults(run=commands.explain)
 
 
@@ -95,7 +88,7 @@ def _evaluate_parser(sub: Any) -> None:
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image> (its val/ for a train/val layout)")
     ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    ev.add_argument("--batch-size", type=_positive, default=64)
+    ev.add_argument("--batch-size", type=_runfile._positive, default=64)
     ev.add_argument("--html", metavar="FILE", default=None,
                     help="also write the report as one self-contained HTML page (a new file; never one of the "
                     "classifier's)")
@@ -107,9 +100,9 @@ def _predict_parser(sub: Any) -> None:
     pr = sub.add_parser("predict", help="classify image files")
     pr.add_argument("run_dir", metavar="RUN_DIR")
     pr.add_argument("images", metavar="IMAGE", nargs="+")
-    pr.add_argument("--top-k", type=_positive, default=1, help="list the K most probable classes")
+    pr.add_argument("--top-k", type=_runfile._positive, default=1, help="list the K most probable classes")
     pr.add_argument("--json", action="store_true", help="a JSON list instead of one line per image")
-    pr.add_argument("--batch-size", type=_positive, default=32)
+    pr.add_argument("--batch-size", type=_runfile._positive, default=32)
     pr.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     pr.add_argument("--tta", action="store_true",
                     help="test-time augmentation: mean over the centre crop, corner crops and mirrors")

@@ -41,6 +41,15 @@ LOG_FILE = "log.csv"
 MAX_WORKERS = 4 * (os.cpu_count() or 1)       # --workers above this is a typo, not a plan: refused
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (batch sizes, steps, top-k); argparse names it in errors
+    ("invalid _positive value"), for every sub-command alike."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
 def workers(text: str) -> int:
     """``--workers N``: DataLoader worker processes, 0 to ``MAX_WORKERS``."""
     value = int(text)

@@ -16,16 +16,9 @@ from ..data.folder import load_image_folder
 from ..model.heads import replace_head
 from ..model.load import load_model
 from ..train.trainer import Trainer
-from ._runfile import workers
+from ._runfile import _positive, workers
 
 __all__ = ["add_parser", "run"]
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def add_parser(sub: Any) -> None:
